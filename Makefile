@@ -1,0 +1,23 @@
+# Two entry points for a new user: `make run` (set up + main job) and `make test`.
+PY := .venv/bin/python
+UV := $(shell command -v uv 2>/dev/null || echo .venv-uv/bin/uv)
+
+.PHONY: setup run test lint bench
+setup: .venv/.installed
+
+# uv resolves torch and torchvision as a pair from PyPI (pip would take a stray local torch wheel).
+.venv/.installed: pyproject.toml
+	@command -v uv >/dev/null 2>&1 || (python3 -m venv .venv-uv && .venv-uv/bin/pip install -q "uv>=0.5,<1")
+	$(UV) venv --allow-existing -q -p 3.11 .venv
+	$(UV) pip install -q -p $(PY) -e ".[test]"
+	$(PY) -c "import timm, torchvision.ops, ray, mlflow, albumentations, pycocotools"
+	touch $@
+
+run: setup
+	$(PY) run_pipeline.py
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .

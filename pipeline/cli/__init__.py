@@ -1,0 +1,34 @@
+"""Argument parsing for `run_pipeline.py`.
+
+Subcommand modules are imported lazily by name so that `run_pipeline.py data ...` does not pay
+for importing Ray or MLflow. Each module listed in SUBCOMMANDS exposes
+`add_parser(subparsers) -> None`, which registers its parser and sets `func` (args -> exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# name shown in `--help` -> module under pipeline.cli that implements it
+SUBCOMMANDS: dict[str, str] = {
+    "models": "pipeline.cli.models",
+}
+DEFAULT_COMMAND = ["models"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_pipeline.py",
+        description="EfficientDet training, search and registry on Ray + MLflow.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in SUBCOMMANDS.values():
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv or DEFAULT_COMMAND)
+    return int(args.func(args) or 0)
