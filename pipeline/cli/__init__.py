@@ -13,6 +13,7 @@ import importlib
 # name shown in `--help` -> module under pipeline.cli that implements it
 SUBCOMMANDS: dict[str, str] = {
     "models": "pipeline.cli.models",
+    "data": "pipeline.cli.data",
 }
 DEFAULT_COMMAND = ["models"]
 

@@ -1,0 +1,78 @@
+"""The `data` subcommand: `synth` (demo dataset), `import-voc` (Pascal VOC) and `validate`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="create, import and validate dataset directories")
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
+
+    synth = actions.add_parser("synth", help="write the deterministic demo dataset (coloured shapes)")
+    synth.add_argument("--out", required=True, help="dataset directory to create")
+    synth.add_argument("--images", type=int, default=400, help="number of images (default 400)")
+    synth.add_argument("--size", type=int, default=256, help="image side in px (default 256)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--val-fraction", type=float, default=0.2)
+    synth.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    synth.set_defaults(func=_synth)
+
+    voc = actions.add_parser("import-voc", help="convert a folder of Pascal VOC XML files + images")
+    voc.add_argument("voc_dir", help="folder searched recursively for *.xml (images beside them or in JPEGImages/)")
+    voc.add_argument("--out", required=True, help="dataset directory to create")
+    voc.add_argument("--val-fraction", type=float, default=0.2)
+    voc.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    voc.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    voc.set_defaults(func=_import_voc)
+
+    validate = actions.add_parser("validate", help="report every problem of a dataset directory")
+    validate.add_argument("dataset_dir")
+    validate.add_argument("--skip-images", action="store_true", help="do not open and decode the image files")
+    validate.set_defaults(func=_validate)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from pipeline.data.synth import write_synthetic_dataset
+
+    return _run(
+        lambda: write_synthetic_dataset(args.out, args.images, args.size, args.seed, args.val_fraction, args.overwrite),
+        f"wrote {args.images} images to {args.out}",
+    )
+
+
+def _import_voc(args: argparse.Namespace) -> int:
+    from pipeline.data.voc import import_voc
+
+    def run() -> None:
+        report = import_voc(args.voc_dir, args.out, args.val_fraction, args.seed, args.overwrite)
+        for problem in report.problems:
+            print(problem)
+        print(report.summary())
+
+    return _run(run, f"imported {args.voc_dir} to {args.out}")
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from pipeline.data.validate import validate_dataset
+
+    report = validate_dataset(args.dataset_dir, check_images=not args.skip_images)
+    for problem in report.problems:
+        print(problem)
+    print(report.summary())
+    return 1 if report.fatal else 0
+
+
+def _run(action, done_message: str) -> int:
+    """Run ``action``; a user error prints its message and exits 1 instead of a traceback."""
+    from pipeline.data.layout import DatasetError
+
+    try:
+        action()
+    except (DatasetError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(done_message)
+    return 0

@@ -1,0 +1,102 @@
+"""`DetectionDataset`: one split of a dataset directory as (image, target) pairs for the model.
+
+An item is ``image`` float [3,H,W] normalised, and a target dict with ``boxes`` float32 [n,4]
+xyxy model-input px, ``labels`` int64 [n], ``image_id`` int, ``scale`` float (model-input px per
+original px) and ``orig_size`` (h, w). `collate_fn` stacks images to [B,3,H,W].
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from pipeline.data.coco_index import ImageRecord, load_split
+from pipeline.data.layout import DatasetError, LabelMap
+from pipeline.data.transforms import DetectionTransform
+
+Target = dict[str, Any]
+
+
+class DetectionDataset(Dataset):
+    """One split (``"train"`` or ``"val"``) of a dataset directory.
+
+    ``coco`` is the split's pycocotools ground truth (for `pipeline.evaluation.evaluate_coco`),
+    ``label_map`` the category-id <-> label map (the split's own unless one is given).
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike,
+        split: str,
+        transform: DetectionTransform,
+        label_map: LabelMap | None = None,
+    ) -> None:
+        self.dataset_dir = str(dataset_dir)
+        self.split = split
+        self.transform = transform
+        self.coco, self.label_map, self.records = load_split(dataset_dir, split, label_map)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
+        record = self.records[index]
+        image = read_rgb(record)  # uint8 [h, w, 3]
+        tensor, boxes, labels, scale = self.transform(image, record.boxes, record.labels)
+        target = {
+            "boxes": torch.from_numpy(boxes),  # float32 [n, 4] xyxy model-input px
+            "labels": torch.from_numpy(labels),  # int64 [n]
+            "image_id": record.image_id,
+            "scale": float(scale),
+            "orig_size": (record.height, record.width),
+        }
+        return tensor, target
+
+
+def read_rgb(record: ImageRecord) -> np.ndarray:
+    """The record's image as uint8 [h, w, 3]; a missing or corrupt file names the image id."""
+    try:
+        with Image.open(record.path) as f:
+            image = np.asarray(f.convert("RGB"))
+    except Exception as e:  # PIL raises many types for unreadable files
+        raise DatasetError(f"{record.path}: image id {record.image_id}: cannot read image: {e}") from e
+    if image.shape[:2] != (record.height, record.width):
+        raise DatasetError(
+            f"{record.path}: image id {record.image_id}: image is {image.shape[1]}x{image.shape[0]}, "
+            f"annotations say {record.width}x{record.height}"
+        )
+    return image
+
+
+def collate_fn(batch: list[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor, list[Target]]:
+    """Stack images to [B, 3, H, W]; targets stay a list of dicts (their box counts differ)."""
+    images, targets = zip(*batch, strict=True)
+    return torch.stack(images), list(targets)
+
+
+def to_original_coordinates(detections: list[dict[str, torch.Tensor]], targets: list[Target]) -> list[dict[str, Any]]:
+    """Model detections (input px) -> evaluation predictions in original px, one per image.
+
+    ``detections`` as `EfficientDetForPrediction` returns them; ``targets`` the batch's targets.
+    Returns ``{"image_id", "boxes" ndarray [k,4] xyxy original px, "scores" [k], "labels" [k]}``.
+    """
+    predictions = []
+    for det, target in zip(detections, targets, strict=True):
+        height, width = target["orig_size"]
+        boxes = det["boxes"].detach().float().cpu().numpy().reshape(-1, 4) / target["scale"]
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)  # padding maps beyond the image: clip it away
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+        predictions.append(
+            {
+                "image_id": int(target["image_id"]),
+                "boxes": boxes,
+                "scores": det["scores"].detach().float().cpu().numpy().reshape(-1),
+                "labels": det["labels"].detach().cpu().numpy().astype(np.int64).reshape(-1),
+            }
+        )
+    return predictions

@@ -1,0 +1,99 @@
+"""Train and validation DataLoaders for one (possibly distributed) worker.
+
+Training uses torch's `DistributedSampler` when ``world_size > 1`` (call ``sampler.set_epoch``
+each epoch); validation uses `ShardedEvalSampler`, which never pads, so that each image is
+evaluated exactly once across all ranks.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+
+from pipeline.data.dataset import DetectionDataset, collate_fn
+from pipeline.data.layout import LabelMap
+from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentOptions, DetectionTransform
+from pipeline.data.validate import validate_dataset
+
+
+class ShardedEvalSampler(Sampler[int]):
+    """Indices ``rank, rank + world_size, ...``: disjoint shards covering every index once, unpadded."""
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.indices = list(range(rank, num_samples, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class DataLoaders(NamedTuple):
+    train: DataLoader
+    val: DataLoader
+
+
+def _seed_worker(worker_id: int, rank: int) -> None:
+    """Give each DataLoader worker (of each rank, each epoch) its own augmentation stream."""
+    info = torch.utils.data.get_worker_info()
+    seed = (torch.initial_seed() + 1_000_003 * rank) % 2**32  # initial_seed differs per worker and epoch
+    dataset = info.dataset if info is not None else None
+    if isinstance(dataset, DetectionDataset):
+        dataset.transform.reseed(seed)
+
+
+def build_dataloaders(
+    dataset_dir: str | os.PathLike,
+    image_size: int | tuple[int, int],
+    *,
+    batch_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    augment: AugmentOptions | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    val_batch_size: int | None = None,
+    label_map: LabelMap | None = None,
+    seed: int = 0,
+    validate: bool = True,
+) -> DataLoaders:
+    """Train and val loaders of ``dataset_dir`` for worker ``rank`` of ``world_size``.
+
+    ``validate`` runs `validate_dataset` first and raises `DatasetError` on fatal problems.
+    Train batches have exactly ``batch_size`` images (the last partial batch is dropped when the
+    shard holds at least one full batch). ``train.dataset.label_map`` and ``val.dataset.coco``
+    give the label map and the validation ground truth.
+    """
+    if validate:
+        validate_dataset(dataset_dir).raise_if_fatal()
+    train_tf = DetectionTransform(image_size, mean, std, train=True, options=augment, seed=seed + rank)
+    val_tf = DetectionTransform(image_size, mean, std, train=False)
+    train_set = DetectionDataset(dataset_dir, "train", train_tf, label_map)
+    val_set = DetectionDataset(dataset_dir, "val", val_tf, train_set.label_map)
+    if world_size > 1:
+        train_sampler: Sampler[int] = DistributedSampler(
+            train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+        )
+    else:
+        train_sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(seed))
+    common = {"num_workers": num_workers, "collate_fn": collate_fn, "persistent_workers": num_workers > 0}
+    train = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        sampler=train_sampler,
+        drop_last=len(train_sampler) >= batch_size,
+        worker_init_fn=functools.partial(_seed_worker, rank=rank),
+        **common,
+    )
+    val_sampler = ShardedEvalSampler(len(val_set), rank, world_size)
+    val = DataLoader(val_set, batch_size=val_batch_size or batch_size, sampler=val_sampler, **common)
+    return DataLoaders(train, val)

@@ -1,0 +1,250 @@
+"""Validation of a dataset directory before any training starts.
+
+`validate_dataset(dir)` reads every split's COCO JSON and every image, and reports each problem
+with its file and record id. Fatal problems make training unsafe (`raise_if_fatal`); fixable
+ones (a box partly outside its image) are clipped when the dataset is loaded and counted here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from pipeline.data.layout import SPLITS, DatasetError, annotation_path, images_dir
+
+# Problem kinds. Every kind is fatal except BOX_CLIPPED.
+MALFORMED_JSON = "malformed_json"
+MISSING_SPLIT = "missing_split"
+EMPTY_SPLIT = "empty_split"
+MALFORMED_RECORD = "malformed_record"
+DUPLICATE_ID = "duplicate_id"
+MISSING_IMAGE = "missing_image"
+CORRUPT_IMAGE = "corrupt_image"
+SIZE_MISMATCH = "size_mismatch"
+UNKNOWN_IMAGE = "unknown_image_id"
+UNKNOWN_CATEGORY = "unknown_category_id"
+ZERO_AREA_BOX = "zero_area_box"
+BOX_OUTSIDE = "box_outside_image"
+BOX_CLIPPED = "box_clipped"
+CATEGORY_MISMATCH = "category_mismatch"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a dataset: what, where (file + record id), and whether it is fatal."""
+
+    kind: str
+    file: str
+    record: str  # e.g. "annotation id 17", "image id 3", "line 4 column 2"
+    message: str
+    fatal: bool = True
+
+    def __str__(self) -> str:
+        level = "ERROR" if self.fatal else "FIXED"
+        return f"{level} [{self.kind}] {self.file}: {self.record}: {self.message}"
+
+
+@dataclass
+class ValidationReport:
+    """All problems of a dataset directory, with per-split image and annotation counts."""
+
+    dataset_dir: str
+    problems: list[Problem] = field(default_factory=list)
+    num_images: dict[str, int] = field(default_factory=dict)
+    num_annotations: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fatal(self) -> list[Problem]:
+        return [p for p in self.problems if p.fatal]
+
+    @property
+    def fixable(self) -> list[Problem]:
+        return [p for p in self.problems if not p.fatal]
+
+    @property
+    def ok(self) -> bool:
+        return not self.fatal
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{s}: {self.num_images.get(s, 0)} images" for s in self.num_images)
+        return (
+            f"{self.dataset_dir}: {len(self.fatal)} fatal problem(s), "
+            f"{len(self.fixable)} fixable (boxes clipped to their image); {counts}"
+        )
+
+    def raise_if_fatal(self) -> None:
+        """Raise `DatasetError` naming every fatal problem's file and record."""
+        if self.fatal:
+            lines = "\n".join(f"  {p}" for p in self.fatal)
+            raise DatasetError(f"dataset {self.dataset_dir} is unsafe to train on:\n{lines}")
+
+
+def validate_dataset(
+    dataset_dir: str | os.PathLike, splits: Sequence[str] = SPLITS, check_images: bool = True
+) -> ValidationReport:
+    """Validate every split of a dataset directory; ``check_images`` decodes every image file."""
+    report = ValidationReport(str(dataset_dir))
+    categories: dict[str, dict[int, str]] = {}
+    for split in splits:
+        path = annotation_path(dataset_dir, split)
+        data = _load_json(path, report)
+        if data is None:
+            continue
+        problems = validate_coco(data, str(path), images_dir(dataset_dir), check_images)
+        report.problems.extend(problems)
+        report.num_images[split] = len(data["images"])
+        report.num_annotations[split] = len(data["annotations"])
+        if not data["images"]:
+            report.problems.append(Problem(EMPTY_SPLIT, str(path), "images", "the split has no images"))
+        categories[split] = {c["id"]: c["name"] for c in data["categories"] if _is_category(c)}
+    if len(set(map(lambda c: tuple(sorted(c.items())), categories.values()))) > 1:
+        detail = "; ".join(f"{s}: {sorted(c.items())}" for s, c in categories.items())
+        report.problems.append(
+            Problem(CATEGORY_MISMATCH, str(dataset_dir), "categories", f"splits differ in categories ({detail})")
+        )
+    return report
+
+
+def _load_json(path: Path, report: ValidationReport) -> dict[str, Any] | None:
+    """The parsed JSON, or None after recording why it cannot be used."""
+    if not path.is_file():
+        report.problems.append(Problem(MISSING_SPLIT, str(path), "file", "annotation file not found"))
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        record = f"line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else "file"
+        report.problems.append(Problem(MALFORMED_JSON, str(path), record, f"not valid JSON: {e}"))
+        return None
+    if not isinstance(data, dict):
+        report.problems.append(Problem(MALFORMED_JSON, str(path), "top level", "expected a JSON object"))
+        return None
+    bad = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
+    if bad:
+        report.problems.append(Problem(MALFORMED_JSON, str(path), "top level", f"missing or non-list keys {bad}"))
+        return None
+    return data
+
+
+def validate_coco(
+    data: dict[str, Any], json_file: str, image_root: str | os.PathLike, check_images: bool = True
+) -> list[Problem]:
+    """Problems of one parsed COCO detection dict whose images live under ``image_root``."""
+    problems: list[Problem] = []
+
+    def well_formed(key: str, name: str, is_valid) -> list[dict[str, Any]]:
+        return [r for r in data[key] if _check_record(r, name, is_valid, json_file, problems)]
+
+    categories = well_formed("categories", "category", _is_category)
+    images = well_formed("images", "image", _is_image)
+    annotations = well_formed("annotations", "annotation", _is_annotation)
+    for name, records in (("category", categories), ("image", images), ("annotation", annotations)):
+        for record_id, count in Counter(r["id"] for r in records).items():
+            if count > 1:
+                problems.append(Problem(DUPLICATE_ID, json_file, f"{name} id {record_id}", f"used {count} times"))
+    category_ids = {c["id"] for c in categories}
+    sizes = {im["id"]: (im["width"], im["height"]) for im in images}
+    for ann in annotations:
+        problems.extend(_check_annotation(ann, json_file, sizes, category_ids))
+    if check_images:
+        problems.extend(_check_image_files(images, json_file, Path(image_root)))
+    return problems
+
+
+def _check_record(record: Any, name: str, is_valid, json_file: str, problems: list[Problem]) -> bool:
+    if is_valid(record):
+        return True
+    rid = record.get("id", "?") if isinstance(record, dict) else "?"
+    message = f"malformed {name} record: {record!r:.200}"
+    problems.append(Problem(MALFORMED_RECORD, json_file, f"{name} id {rid}", message))
+    return False
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_category(c: Any) -> bool:
+    return isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)
+
+
+def _is_image(im: Any) -> bool:
+    return (
+        isinstance(im, dict)
+        and _is_int(im.get("id"))
+        and isinstance(im.get("file_name"), str)
+        and all(_is_int(im.get(k)) and im[k] > 0 for k in ("width", "height"))
+    )
+
+
+def _is_annotation(a: Any) -> bool:
+    if not (isinstance(a, dict) and all(_is_int(a.get(k)) for k in ("id", "image_id", "category_id"))):
+        return False
+    bbox = a.get("bbox")
+    return (
+        isinstance(bbox, list)
+        and len(bbox) == 4
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+    )
+
+
+def clip_bbox(bbox: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
+    """A COCO ``[x, y, w, h]`` box clipped to the image, as xyxy ``(x1, y1, x2, y2)``."""
+    x, y, w, h = bbox
+    return max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)
+
+
+def _check_annotation(
+    ann: dict[str, Any], json_file: str, sizes: dict[int, tuple[int, int]], category_ids: set[int]
+) -> list[Problem]:
+    record = f"annotation id {ann['id']} (image id {ann['image_id']})"
+    problems = []
+    if ann["category_id"] not in category_ids:
+        problems.append(Problem(UNKNOWN_CATEGORY, json_file, record, f"unknown category id {ann['category_id']}"))
+    if ann["image_id"] not in sizes:
+        return problems + [Problem(UNKNOWN_IMAGE, json_file, record, f"unknown image id {ann['image_id']}")]
+    x, y, w, h = ann["bbox"]
+    if w <= 0 or h <= 0:
+        return problems + [Problem(ZERO_AREA_BOX, json_file, record, f"box {ann['bbox']} has zero area")]
+    width, height = sizes[ann["image_id"]]
+    if x >= 0 and y >= 0 and x + w <= width and y + h <= height:
+        return problems
+    x1, y1, x2, y2 = clip_bbox(ann["bbox"], width, height)
+    where = f"box {ann['bbox']} outside the {width}x{height} image"
+    if x2 > x1 and y2 > y1:
+        clipped = [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)]
+        problems.append(Problem(BOX_CLIPPED, json_file, record, f"{where}; clipped to {clipped}", fatal=False))
+    else:
+        problems.append(Problem(BOX_OUTSIDE, json_file, record, f"{where}; nothing is left inside"))
+    return problems
+
+
+def _check_image_files(images: list[dict[str, Any]], json_file: str, root: Path) -> list[Problem]:
+    def check(im: dict[str, Any]) -> Problem | None:
+        path = root / im["file_name"]
+        record = f"image id {im['id']} ({path})"
+        if not path.is_file():
+            return Problem(MISSING_IMAGE, json_file, record, "image file not found")
+        try:
+            with Image.open(path) as f:
+                size = f.size
+                f.load()  # decode every pixel: truncated files fail here
+        except Exception as e:  # PIL raises many types for corrupt files
+            return Problem(CORRUPT_IMAGE, json_file, record, f"cannot decode image: {e}")
+        if size != (im["width"], im["height"]):
+            message = f"image is {size[0]}x{size[1]}, JSON says {im['width']}x{im['height']}"
+            return Problem(SIZE_MISMATCH, json_file, record, message)
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return [p for p in pool.map(check, images) if p is not None]

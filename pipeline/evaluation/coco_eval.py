@@ -1,0 +1,115 @@
+"""COCO box evaluation with pycocotools on predictions in original image coordinates.
+
+`evaluate_coco` scores a list of per-image predictions against a pycocotools ground truth and
+returns AP, AP50, AP75, APs, APm, APl, AR100 and per-class AP; `merge_prediction_shards` joins
+the prediction lists gathered from DDP ranks so that each image counts exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from pipeline.data.layout import LabelMap
+from pipeline.evaluation.pr_curve import plot_pr_curves
+
+# names of COCOeval.stats entries used here (index into the 12-value stats vector)
+STAT_INDEX: dict[str, int] = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR100": 8}
+
+Prediction = dict[str, Any]  # {"image_id": int, "boxes" [n,4] xyxy px, "scores" [n], "labels" [n] 0-based}
+
+
+def merge_prediction_shards(shards: Iterable[Sequence[Prediction]]) -> list[Prediction]:
+    """One prediction entry per image id, in image-id order; the first shard's entry wins.
+
+    Duplicates come from samplers that pad shards (torch's DistributedSampler repeats images).
+    """
+    merged: dict[int, Prediction] = {}
+    for shard in shards:
+        for prediction in shard:
+            merged.setdefault(int(prediction["image_id"]), prediction)
+    return [merged[image_id] for image_id in sorted(merged)]
+
+
+def predictions_to_coco_results(predictions: Sequence[Prediction], label_map: LabelMap) -> list[dict[str, Any]]:
+    """COCO result records ``{"image_id", "category_id", "bbox" [x,y,w,h], "score"}``."""
+    results = []
+    for prediction in predictions:
+        boxes = np.asarray(prediction["boxes"], dtype=np.float64).reshape(-1, 4)  # [n, 4] xyxy
+        scores = np.asarray(prediction["scores"], dtype=np.float64).reshape(-1)
+        labels = np.asarray(prediction["labels"]).reshape(-1)
+        if not len(boxes) == len(scores) == len(labels):
+            raise ValueError(
+                f"image id {prediction['image_id']}: {len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels"
+            )
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)  # [n, 4]
+        for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist(), strict=True):
+            category_id = label_map.label_to_category_id(int(label))
+            results.append(
+                {"image_id": int(prediction["image_id"]), "category_id": category_id, "bbox": box, "score": score}
+            )
+    return results
+
+
+def evaluate_coco(
+    coco_gt: COCO,
+    predictions: Sequence[Prediction],
+    label_map: LabelMap,
+    pr_curve_path: str | os.PathLike | None = None,
+    image_ids: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """COCO box metrics of ``predictions`` (original px) over ``image_ids`` (default: all GT images).
+
+    Returns floats AP, AP50, AP75, APs, APm, APl, AR100 (-1.0 where undefined, as pycocotools
+    does) and ``per_class_AP`` (name -> AP at IoU 0.50:0.95). Writes a precision-recall PNG to
+    ``pr_curve_path`` when given. Predictions for images outside the ground truth are an error.
+    """
+    known = set(coco_gt.getImgIds())
+    unknown = sorted({int(p["image_id"]) for p in predictions} - known)
+    if unknown:
+        raise ValueError(f"predictions for image ids {unknown[:10]} that are not in the ground truth")
+    if len({int(p["image_id"]) for p in predictions}) != len(predictions):
+        raise ValueError("several prediction entries for one image id; merge shards with merge_prediction_shards")
+    results = predictions_to_coco_results(predictions, label_map)
+    if not results:
+        return _empty_metrics(label_map, pr_curve_path)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluator.params.imgIds = sorted(known if image_ids is None else {int(i) for i in image_ids})
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    metrics: dict[str, Any] = {name: float(evaluator.stats[i]) for name, i in STAT_INDEX.items()}
+    metrics["per_class_AP"] = per_class_ap(evaluator, label_map)
+    if pr_curve_path is not None:
+        plot_pr_curves(evaluator, label_map, pr_curve_path)
+    return metrics
+
+
+def per_class_ap(evaluator: COCOeval, label_map: LabelMap) -> dict[str, float]:
+    """AP at IoU 0.50:0.95, all areas, 100 detections, per class (-1.0 for a class without GT)."""
+    precision = evaluator.eval["precision"]  # [T iou, R recall, K classes, A areas, M max-dets]
+    cat_index = {cat: k for k, cat in enumerate(evaluator.params.catIds)}
+    out = {}
+    for name, category_id in zip(label_map.names, label_map.category_ids, strict=True):
+        values = precision[:, :, cat_index[category_id], 0, -1] if category_id in cat_index else np.array([-1.0])
+        values = values[values > -1]
+        out[name] = float(values.mean()) if values.size else -1.0
+    return out
+
+
+def _empty_metrics(label_map: LabelMap, pr_curve_path: str | os.PathLike | None) -> dict[str, Any]:
+    """No detections at all: every metric is 0 (pycocotools cannot load an empty result list)."""
+    metrics: dict[str, Any] = {name: 0.0 for name in STAT_INDEX}
+    metrics["per_class_AP"] = {name: 0.0 for name in label_map.names}
+    if pr_curve_path is not None:
+        plot_pr_curves(None, label_map, pr_curve_path)
+    return metrics
