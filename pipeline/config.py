@@ -1,0 +1,361 @@
+"""The training job's configuration: one frozen dataclass per concern, loaded from YAML plus `--set` overrides.
+
+Loading rejects unknown keys (naming the valid ones) and bad values (naming the key and the value) before any
+long work starts; the resolved config prints and saves as YAML and flattens to MLflow params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration: the message names the key and the bad value or the file."""
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {why}")
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    _check(value in choices, key, value, f"not supported; choose one of {list(choices)}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the dataset lives, how it is loaded, and the demo dataset generated when it is absent."""
+
+    dir: str = "data/demo"
+    generate_if_missing: bool = True  # write the synthetic demo dataset into `dir` when it does not exist
+    synth_images: int = 400  # demo dataset: total images (train + val)
+    synth_size: int = 256  # demo dataset: image side in px
+    synth_val_fraction: float = 0.2
+    batch_size: int = 8  # per worker
+    val_batch_size: int | None = None  # null = batch_size
+    loader_workers: int = 0  # DataLoader processes per training worker (0 = load in the training process)
+    augment: bool = True
+    scale_min: float = 0.5  # scale jitter range (relative to "fits the model input")
+    scale_max: float = 1.5
+
+    def __post_init__(self) -> None:
+        _check(bool(self.dir), "data.dir", self.dir, "must be a non-empty path")
+        _check(self.synth_images >= 2, "data.synth_images", self.synth_images, "must be >= 2")
+        _check(self.synth_size >= 32, "data.synth_size", self.synth_size, "must be >= 32")
+        _check(0 < self.synth_val_fraction < 1, "data.synth_val_fraction", self.synth_val_fraction, "must be in (0, 1)")
+        _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
+        _check(
+            self.val_batch_size is None or self.val_batch_size >= 1,
+            "data.val_batch_size",
+            self.val_batch_size,
+            "must be >= 1 or null",
+        )
+        _check(self.loader_workers >= 0, "data.loader_workers", self.loader_workers, "must be >= 0")
+        _check(
+            0 < self.scale_min <= self.scale_max,
+            "data.scale_min",
+            self.scale_min,
+            f"need 0 < scale_min <= scale_max (scale_max={self.scale_max})",
+        )
+
+
+MODEL_VARIANTS = ("d0", "d1", "d2", "d3", "d4", "d5", "d6", "d7", "d7x", "lite0", "lite1", "lite2", "lite3", "lite4")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which EfficientDet to build; null fields keep the variant's official value."""
+
+    variant: str = "lite0"
+    image_size: int | None = 256  # square input side; must divide by 2**max_level (128)
+    pretrained_backbone: str | None = "lite0-imagenet"  # a weights file, "lite0-imagenet", or null (random init)
+    fpn_channels: int | None = None
+    fpn_repeats: int | None = None
+    head_repeats: int | None = None
+
+    def __post_init__(self) -> None:
+        _choice("model.variant", self.variant, MODEL_VARIANTS)
+        if self.image_size is not None:
+            _check(
+                self.image_size > 0 and self.image_size % 128 == 0,
+                "model.image_size",
+                self.image_size,
+                "must be a positive multiple of 128 (2**max_level), e.g. 256 or 384",
+            )
+        for key in ("fpn_channels", "fpn_repeats", "head_repeats"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, f"model.{key}", value, "must be >= 1 or null")
+
+    def overrides(self) -> dict[str, Any]:
+        """The keyword overrides for `effdet_core.create_model` (only the fields that are set)."""
+        out: dict[str, Any] = {}
+        if self.image_size is not None:
+            out["image_size"] = (self.image_size, self.image_size)
+        for key in ("fpn_channels", "fpn_repeats", "head_repeats"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The optimisation recipe: optimizer, learning-rate schedule, regularisation, EMA."""
+
+    name: str = "sgd"
+    lr: float = 0.08  # for a global batch of `lr_reference_batch` images; scaled linearly to the real one
+    lr_reference_batch: int = 64
+    momentum: float = 0.9  # SGD momentum, or AdamW beta1
+    weight_decay: float = 4e-5  # on weights only: never on biases or norm parameters
+    warmup_epochs: float = 1.0
+    warmup_start_factor: float = 0.1
+    min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
+    clip_grad_norm: float | None = 10.0
+    ema_decay: float | None = 0.9998  # null disables EMA (the raw weights are evaluated and saved)
+    ema_warmup: bool = True  # ramp the decay up at the start, so short runs do not evaluate near-init weights
+
+    def __post_init__(self) -> None:
+        _choice("optim.name", self.name, ("sgd", "adamw"))
+        _check(self.lr > 0, "optim.lr", self.lr, "must be > 0")
+        _check(self.lr_reference_batch >= 1, "optim.lr_reference_batch", self.lr_reference_batch, "must be >= 1")
+        _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "must be in [0, 1)")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
+        _check(self.warmup_epochs >= 0, "optim.warmup_epochs", self.warmup_epochs, "must be >= 0")
+        _check(
+            0 < self.warmup_start_factor <= 1,
+            "optim.warmup_start_factor",
+            self.warmup_start_factor,
+            "must be in (0, 1]",
+        )
+        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+        _check(
+            self.clip_grad_norm is None or self.clip_grad_norm > 0,
+            "optim.clip_grad_norm",
+            self.clip_grad_norm,
+            "must be > 0 or null",
+        )
+        _check(
+            self.ema_decay is None or 0 < self.ema_decay < 1,
+            "optim.ema_decay",
+            self.ema_decay,
+            "must be in (0, 1) or null",
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop: length, precision, compilation, accumulation, where local outputs go."""
+
+    epochs: int = 12
+    seed: int = 0
+    amp: str = "none"  # none | bf16 | fp16 (autocast on GPU only; CPU always trains in fp32)
+    sync_bn: bool = False  # SyncBatchNorm across GPU workers (ignored on CPU, where gloo has no SyncBN)
+    compile: bool = False  # torch.compile the model
+    grad_accum_steps: int = 1
+    eval_every: int = 1  # COCO evaluation every N epochs (and always at the last one)
+    threads_per_worker: int | None = None  # torch intra-op threads; null = the worker's CPU share
+    output_dir: str = "outputs"
+    fault_marker: str | None = None  # test hook: rank 0 raises once at `fault_epoch` while this file is absent
+    fault_epoch: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
+        _choice("train.amp", self.amp, ("none", "bf16", "fp16"))
+        _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "must be >= 1")
+        _check(self.eval_every >= 1, "train.eval_every", self.eval_every, "must be >= 1")
+        _check(
+            self.threads_per_worker is None or self.threads_per_worker >= 1,
+            "train.threads_per_worker",
+            self.threads_per_worker,
+            "must be >= 1 or null",
+        )
+        _check(self.fault_epoch >= 1, "train.fault_epoch", self.fault_epoch, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Ray Train scaling, storage and fault tolerance."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    address: str | None = None  # null: connect to RAY_ADDRESS or start a local Ray
+    storage_path: str = "ray_results"  # made absolute in the driver; shared storage on a cluster
+    name: str | None = None  # run name; null = a new timestamped one (or the latest with --resume)
+    max_failures: int = 1  # worker-group restarts; each resumes from the last epoch checkpoint
+    num_to_keep: int = 2  # epoch checkpoints kept by Ray (the best one is kept separately for MLflow)
+    placement_strategy: str = "PACK"
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 1, "ray.num_workers", self.num_workers, "must be >= 1")
+        _check(self.cpus_per_worker > 0, "ray.cpus_per_worker", self.cpus_per_worker, "must be > 0")
+        _check(self.max_failures >= -1, "ray.max_failures", self.max_failures, "must be >= -1 (-1 = unlimited)")
+        _check(self.num_to_keep >= 1, "ray.num_to_keep", self.num_to_keep, "must be >= 1")
+        _choice("ray.placement_strategy", self.placement_strategy, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+        _check(bool(self.storage_path), "ray.storage_path", self.storage_path, "must be a non-empty path or URI")
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """Where and how the run is tracked."""
+
+    tracking_uri: str | None = None  # null: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    experiment: str = "efficientdet"
+    run_name: str | None = None
+    log_checkpoint: bool = True  # log the best checkpoint as an artifact
+    grid_images: int = 8  # validation images in the predicted-vs-true grid
+    score_threshold: float = 0.3  # for drawing predicted boxes in the grid
+
+    def __post_init__(self) -> None:
+        _check(bool(self.experiment), "mlflow.experiment", self.experiment, "must be a non-empty name")
+        _check(self.grid_images >= 0, "mlflow.grid_images", self.grid_images, "must be >= 0")
+        _check(0 <= self.score_threshold <= 1, "mlflow.score_threshold", self.score_threshold, "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole training job."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check (and gently convert) one value against its field's type annotation."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected an integer")
+    if annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}={value!r}: expected a number")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # `--set ray.name=2024` is a name, not a number
+        raise ConfigError(f"{key}={value!r}: expected a string")
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # a bug in this file, not user input
+
+
+def _build_section(section_cls: type, section: str, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(section_cls)
+    valid = [f.name for f in dataclasses.fields(section_cls)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {[f'{section}.{k}' for k in unknown]}; valid keys in {section!r}: {valid}")
+    kwargs = {k: _coerce(f"{section}.{k}", v, hints[k]) for k, v in values.items()}
+    return section_cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any] | None) -> PipelineConfig:
+    """Build and validate a config from nested dicts; missing keys take their defaults."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    sections = {f.name: f for f in dataclasses.fields(PipelineConfig)}
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}; valid sections: {list(sections)}")
+    hints = typing.get_type_hints(PipelineConfig)
+    built = {}
+    for name, values in data.items():
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"section {name!r} must be a mapping of keys, got {values!r}")
+        built[name] = _build_section(hints[name], name, values)
+    return PipelineConfig(**built)
+
+
+def parse_override(item: str) -> tuple[str, str, Any]:
+    """`section.key=value` -> (section, key, YAML-parsed value)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    path, raw = item.split("=", 1)
+    parts = path.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override key {path!r} must be section.key, e.g. train.epochs")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: cannot parse value: {e}") from e
+    return parts[0], parts[1], value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Load a YAML config file (or the defaults) and apply `section.key=value` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in overrides:
+        section, key, value = parse_override(item)
+        if not isinstance(data.setdefault(section, {}), dict):
+            raise ConfigError(f"section {section!r} must be a mapping of keys")
+        data[section][key] = value
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (config {path or 'defaults'})" if path else str(e)) from None
+
+
+def replace(config: PipelineConfig, **sections: dict[str, Any]) -> PipelineConfig:
+    """A copy with some keys changed per section, e.g. `replace(cfg, train={"epochs": 3})` (validated)."""
+    data = to_dict(config)
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return from_dict(data)
+
+
+def to_dict(config: PipelineConfig) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(config)
+
+
+def to_yaml(config: PipelineConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def save_config(config: PipelineConfig, path: str | os.PathLike) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(to_yaml(config), encoding="utf-8")
+    return out
+
+
+def flatten(config: PipelineConfig) -> dict[str, Any]:
+    """`{"data.dir": ..., "train.epochs": ...}` for MLflow params."""
+    return {f"{section}.{key}": value for section, values in to_dict(config).items() for key, value in values.items()}

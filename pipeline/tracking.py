@@ -1,0 +1,203 @@
+"""MLflow tracking of one training run: URI resolution, a reachability check before training, params,
+per-epoch metrics (from rank 0 only) and the run's artifacts.
+
+Everything goes through an explicit `MlflowClient(tracking_uri)` rather than MLflow's global "active run", so
+the same code works in the driver and inside a Ray worker whose working directory is elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig, flatten
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; raised before any training starts."""
+
+
+def resolve_tracking_uri(configured: str | None, cwd: str | os.PathLike | None = None) -> str:
+    """Config value, else MLFLOW_TRACKING_URI, else `sqlite:///<cwd>/mlflow.db`; local paths made absolute.
+
+    Ray workers chdir into a session folder, so a relative SQLite or file path must be resolved here, in the
+    driver, before they see it.
+    """
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    base = Path(cwd or os.getcwd())
+    if uri.startswith(SQLITE_PREFIX):
+        db_path = uri[len(SQLITE_PREFIX) :]
+        if db_path and not db_path.startswith("/") and db_path != ":memory:":
+            return SQLITE_PREFIX + str((base / db_path).resolve())
+        return uri
+    if uri.startswith("file:") or "://" not in uri:
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
+            local = uri.removeprefix("file://").removeprefix("file:")
+            return (base / local).resolve().as_uri()
+        raise TrackingError(
+            f"tracking URI {uri!r} is a plain file store, which MLflow 3 refuses without "
+            "MLFLOW_ALLOW_FILE_STORE=true; use sqlite:///<path>/mlflow.db locally or an http:// tracking server"
+        )
+    return uri
+
+
+@contextmanager
+def _quick_http_failures():
+    """MLflow retries HTTP calls for minutes by default; a reachability check should fail in seconds."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def check_tracking_store(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, with a clear message, when the tracking store cannot be reached or written."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({reason}); start it (e.g. `mlflow server --host "
+                f"127.0.0.1 --port PORT`) or set mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+            ) from None
+    elif uri.startswith(SQLITE_PREFIX):
+        parent = Path(uri[len(SQLITE_PREFIX) :]).parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise TrackingError(f"tracking URI {uri}: directory {parent} does not exist or is not writable")
+    from mlflow.tracking import MlflowClient
+
+    try:
+        with _quick_http_failures():
+            MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:  # any store error means we cannot track this run
+        raise TrackingError(f"MLflow tracking store {uri} is not usable: {type(e).__name__}: {e}") from None
+
+
+def ui_hint(uri: str) -> str:
+    """How to look at the runs of this tracking store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """Identifies one MLflow run; plain strings, so it pickles into Ray workers."""
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.tracking_uri)
+
+    def url(self) -> str:
+        """A browser address for http stores; the run path otherwise."""
+        path = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"{self.tracking_uri.rstrip('/')}/{path}"
+        return f"experiment {self.experiment_id}, run {self.run_id}"
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunHandle:
+        return cls(**json.loads(text))
+
+
+def _experiment_id(client, name: str, tracking_uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if tracking_uri.startswith(SQLITE_PREFIX):
+        # keep artifacts beside the database, so `mlflow ui` works from any directory
+        artifact_location = Path(tracking_uri[len(SQLITE_PREFIX) :]).parent.joinpath("mlruns").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created concurrently by another process: read it back
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def start_run(config: PipelineConfig, tracking_uri: str, label_map: Mapping[str, Any], tmp_dir: Path) -> RunHandle:
+    """Create the run, log the flattened config as params and the config YAML + label map as artifacts."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.config import save_config
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = _experiment_id(client, config.mlflow.experiment, tracking_uri)
+    run = client.create_run(experiment_id, run_name=config.mlflow.run_name, tags={"pipeline.job": "train"})
+    handle = RunHandle(tracking_uri, experiment_id, run.info.run_id)
+    params = [Param(k, str(v)) for k, v in flatten(config).items()]
+    for i in range(0, len(params), 100):  # the REST API caps a batch at 100 params
+        client.log_batch(handle.run_id, params=params[i : i + 100])
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    client.log_artifact(handle.run_id, str(save_config(config, tmp_dir / "config.yaml")))
+    label_map_file = tmp_dir / "label_map.json"
+    label_map_file.write_text(json.dumps(dict(label_map), indent=2), encoding="utf-8")
+    client.log_artifact(handle.run_id, str(label_map_file))
+    return handle
+
+
+def resume_run(handle: RunHandle) -> RunHandle:
+    """Mark an existing run as running again (a resumed training continues the same run)."""
+    handle.client().update_run(handle.run_id, status="RUNNING")
+    return handle
+
+
+def log_epoch(handle: RunHandle, epoch: int, metrics: Mapping[str, float]) -> None:
+    """Per-epoch metrics at step = epoch (call from rank 0 only)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, epoch) for key, value in metrics.items()]
+    handle.client().log_batch(handle.run_id, metrics=batch)
+
+
+def log_metrics(handle: RunHandle, metrics: Mapping[str, float], prefix: str = "") -> None:
+    """Metrics that are not per-epoch (e.g. the final evaluation of the best checkpoint)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    handle.client().log_batch(handle.run_id, metrics=[Metric(prefix + k, float(v), now, 0) for k, v in metrics.items()])
+
+
+def log_artifact(handle: RunHandle, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+    handle.client().log_artifact(handle.run_id, str(path), artifact_path)
+
+
+def metric_history(handle: RunHandle, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """`{key: [(epoch, value), ...]}` as stored (across resumes), for the curves plot."""
+    client = handle.client()
+    return {key: [(m.step, m.value) for m in client.get_metric_history(handle.run_id, key)] for key in keys}
+
+
+def end_run(handle: RunHandle, status: str = "FINISHED") -> None:
+    handle.client().set_terminated(handle.run_id, status=status)

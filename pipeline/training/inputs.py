@@ -1,0 +1,72 @@
+"""The training job's view of `pipeline.data`: the demo dataset when absent, and this rank's loaders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from pipeline.config import DataConfig, PipelineConfig
+
+
+@dataclass
+class Inputs:
+    train_loader: DataLoader
+    val_loader: DataLoader
+    coco_gt: Any  # pycocotools COCO of the validation split
+    label_map: dict[str, list]  # LabelMap.to_dict(): what checkpoints carry
+
+
+def ensure_dataset(data: DataConfig) -> Path:
+    """The dataset directory; the synthetic demo dataset is written there first if it is absent and allowed."""
+    from pipeline.data import DatasetError, annotation_path, ensure_synthetic_dataset
+
+    root = Path(data.dir)
+    if annotation_path(root, "train").is_file() and annotation_path(root, "val").is_file():
+        return root
+    if not data.generate_if_missing:
+        raise DatasetError(
+            f"data.dir={data.dir!r}: no dataset there ({annotation_path(root, 'train')} missing); set "
+            "data.generate_if_missing=true for the demo dataset or convert yours with `run_pipeline.py data`"
+        )
+    return ensure_synthetic_dataset(
+        root, num_images=data.synth_images, size=data.synth_size, val_fraction=data.synth_val_fraction
+    )
+
+
+def model_normalisation(config: PipelineConfig) -> tuple[tuple[int, int], tuple, tuple]:
+    """(image_size, mean, std) of the configured model, without building it."""
+    from effdet_core import get_config
+
+    model_cfg = get_config(config.model.variant, **config.model.overrides())
+    return model_cfg.image_size, model_cfg.mean, model_cfg.std
+
+
+def build_loaders(config: PipelineConfig, rank: int = 0, world_size: int = 1, validate: bool = True) -> Inputs:
+    """This rank's shard of train (shuffled, augmented) and val (each image once across ranks)."""
+    from pipeline.data import AugmentOptions, build_dataloaders
+
+    data = config.data
+    image_size, mean, std = model_normalisation(config)
+    if data.augment:
+        augment = AugmentOptions(scale_min=data.scale_min, scale_max=data.scale_max)
+    else:
+        augment = AugmentOptions(scale_min=1.0, scale_max=1.0, hflip_prob=0.0, color_prob=0.0)
+    loaders = build_dataloaders(
+        data.dir,
+        image_size,
+        batch_size=data.batch_size,
+        mean=mean,
+        std=std,
+        augment=augment,
+        rank=rank,
+        world_size=world_size,
+        num_workers=data.loader_workers,
+        val_batch_size=data.val_batch_size,
+        seed=config.train.seed,
+        validate=validate,
+    )
+    train_set = loaders.train.dataset
+    return Inputs(loaders.train, loaders.val, loaders.val.dataset.coco, train_set.label_map.to_dict())
