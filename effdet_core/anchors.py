@@ -7,8 +7,11 @@ import torch
 from .config import EfficientDetConfig
 
 
-def generate_anchors(config: EfficientDetConfig, image_size: tuple[int, int], device: torch.device | str = "cpu",
-                     ) -> torch.Tensor:
+def generate_anchors(
+    config: EfficientDetConfig,
+    image_size: tuple[int, int],
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """Anchors for an input of `image_size` (h, w): [N, 4] xyxy in input pixels, N = sum_l H_l*W_l*A.
 
     Within a location the A = num_scales * len(aspect_ratios) anchors go scale-major, matching the head's
@@ -16,17 +19,20 @@ def generate_anchors(config: EfficientDetConfig, image_size: tuple[int, int], de
     """
     height, width = image_size
     per_level = []
-    for level, (level_h, level_w) in zip(range(config.min_level, config.max_level + 1),
-                                         feature_sizes(image_size, config.min_level, config.max_level), strict=True):
+    for level_h, level_w in feature_sizes(image_size, config.min_level, config.max_level):
         # Effective strides: exactly 2**level for divisible sizes, fractional for the ceil-halved maps of
         # uneven sizes (as the official model places them).
         stride_y, stride_x = height / level_h, width / level_w
         octaves = [2 ** (octave / config.num_scales) for octave in range(config.num_scales)]
         # [A, 2] half sizes (x, y) of each anchor shape at this level, scale-major
-        half_sizes = torch.tensor([
-            [config.anchor_scale * stride_x * o * ax / 2.0, config.anchor_scale * stride_y * o * ay / 2.0]
-            for o in octaves for ax, ay in config.aspect_ratios
-        ], dtype=torch.float64)
+        half_sizes = torch.tensor(
+            [
+                [config.anchor_scale * stride_x * o * ax / 2.0, config.anchor_scale * stride_y * o * ay / 2.0]
+                for o in octaves
+                for ax, ay in config.aspect_ratios
+            ],
+            dtype=torch.float64,
+        )
         ys = torch.arange(stride_y / 2, height, stride_y, dtype=torch.float64)[:level_h]
         xs = torch.arange(stride_x / 2, width, stride_x, dtype=torch.float64)[:level_w]
         cy, cx = torch.meshgrid(ys, xs, indexing="ij")

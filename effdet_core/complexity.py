@@ -14,8 +14,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model_or_config: nn.Module | EfficientDetConfig, image_size: tuple[int, int] | int | None = None,
-                num_classes: int = 90) -> int:
+def count_flops(
+    model_or_config: nn.Module | EfficientDetConfig,
+    image_size: tuple[int, int] | int | None = None,
+    num_classes: int = 90,
+) -> int:
     """Multiply-adds of one forward pass at `image_size` (default: the config's), batch 1.
 
     A config is built on the meta device, so even D7x costs no memory or compute; a module is run as it is.

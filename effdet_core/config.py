@@ -123,8 +123,14 @@ _D_TABLE: dict[str, tuple[int, str, int, int, int, dict]] = {
 }
 _LITE_COMMON = {"fusion": "sum", "act": "relu6", "mean": LITE_MEAN, "std": LITE_STD}
 _LITE_TABLE: dict[str, tuple[int, str, int, int, int, dict]] = {
-    "lite0": (320, "tf_efficientnet_lite0", 64, 3, 3,
-              {"anchor_scale": 3.0, "backbone_drop_path_rate": 0.0, "allow_uneven_levels": True}),
+    "lite0": (
+        320,
+        "tf_efficientnet_lite0",
+        64,
+        3,
+        3,
+        {"anchor_scale": 3.0, "backbone_drop_path_rate": 0.0, "allow_uneven_levels": True},
+    ),
     "lite1": (384, "tf_efficientnet_lite1", 88, 4, 3, {"anchor_scale": 3.0}),
     "lite2": (448, "tf_efficientnet_lite2", 112, 5, 3, {"anchor_scale": 3.0, "allow_uneven_levels": True}),
     "lite3": (512, "tf_efficientnet_lite3", 160, 6, 4, {}),
@@ -179,10 +185,18 @@ def scaled_config(
     if not 0 <= phi <= 7:
         raise ValueError(f"phi={phi} outside the official range 0..7")
     base = VARIANTS[f"d{phi}"]
-    changes = {"name": f"d{phi}-custom" if any(v is not None for v in (width, depth, head_depth, image_size, backbone))
-               or overrides else base.name}
-    for key, value in (("fpn_channels", width), ("fpn_repeats", depth), ("head_repeats", head_depth),
-                       ("image_size", image_size), ("backbone", backbone)):
+    changes = {
+        "name": f"d{phi}-custom"
+        if any(v is not None for v in (width, depth, head_depth, image_size, backbone)) or overrides
+        else base.name
+    }
+    for key, value in (
+        ("fpn_channels", width),
+        ("fpn_repeats", depth),
+        ("head_repeats", head_depth),
+        ("image_size", image_size),
+        ("backbone", backbone),
+    ):
         if value is not None:
             changes[key] = value
     return base.replace(**changes, **overrides)

@@ -17,8 +17,19 @@ class HeadNet(nn.Module):
     channels anchor-major (anchor a, output k at channel a*outputs_per_anchor + k), as in the official model.
     """
 
-    def __init__(self, *, width: int, repeats: int, num_levels: int, num_anchors: int, outputs_per_anchor: int,
-                 act: str, momentum: float, eps: float, prior_probability: float | None = None):
+    def __init__(
+        self,
+        *,
+        width: int,
+        repeats: int,
+        num_levels: int,
+        num_anchors: int,
+        outputs_per_anchor: int,
+        act: str,
+        momentum: float,
+        eps: float,
+        prior_probability: float | None = None,
+    ):
         super().__init__()
         self.convs = nn.ModuleList(SeparableConv(width, width) for _ in range(repeats))
         self.norms = nn.ModuleList(

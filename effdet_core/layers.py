@@ -46,8 +46,9 @@ class Resample(nn.Module):
     The projection comes before the pooling, as in the official model.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, in_stride: int, out_stride: int, *, momentum: float,
-                 eps: float):
+    def __init__(
+        self, in_channels: int, out_channels: int, in_stride: int, out_stride: int, *, momentum: float, eps: float
+    ):
         super().__init__()
         self.proj = None
         if in_channels != out_channels:

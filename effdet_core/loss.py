@@ -33,8 +33,9 @@ def flatten_outputs(outputs: list[torch.Tensor], per_anchor: int) -> torch.Tenso
     return torch.cat([o.permute(0, 2, 3, 1).reshape(batch, -1, per_anchor) for o in outputs], dim=1)
 
 
-def detection_loss(class_logits: torch.Tensor, box_codes: torch.Tensor, assignment: Assignment,
-                   config: LossConfig) -> dict[str, torch.Tensor]:
+def detection_loss(
+    class_logits: torch.Tensor, box_codes: torch.Tensor, assignment: Assignment, config: LossConfig
+) -> dict[str, torch.Tensor]:
     """class_logits [B, N, C], box_codes [B, N, 4] -> {"loss", "class_loss", "box_loss"} (scalars)."""
     num_classes = class_logits.shape[-1]
     positive = assignment.positive
@@ -44,8 +45,12 @@ def detection_loss(class_logits: torch.Tensor, box_codes: torch.Tensor, assignme
     one_hot = F.one_hot(assignment.labels, num_classes).to(class_logits.dtype) * positive[..., None]
     if config.label_smoothing:
         one_hot = one_hot * (1.0 - config.label_smoothing) + 0.5 * config.label_smoothing
-    class_loss = sigmoid_focal_loss(class_logits.float(), one_hot.float(), alpha=config.alpha, gamma=config.gamma,
-                                    reduction="sum") / normalizer
+    class_loss = (
+        sigmoid_focal_loss(
+            class_logits.float(), one_hot.float(), alpha=config.alpha, gamma=config.gamma, reduction="sum"
+        )
+        / normalizer
+    )
 
     huber = F.huber_loss(box_codes.float(), assignment.box_targets.float(), delta=config.delta, reduction="none")
     box_loss = (huber * positive[..., None]).sum() / (normalizer * 4.0)

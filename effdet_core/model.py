@@ -22,26 +22,47 @@ class EfficientDet(nn.Module):
     [B, A*4, H/2^l, W/2^l]; box channels per anchor are (ty, tx, th, tw) relative to the anchor.
     """
 
-    def __init__(self, config: EfficientDetConfig, num_classes: int,
-                 pretrained_backbone: str | os.PathLike | None = None):
+    def __init__(
+        self, config: EfficientDetConfig, num_classes: int, pretrained_backbone: str | os.PathLike | None = None
+    ):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.config = config
         self.num_classes = num_classes
-        self.backbone = create_backbone(config.backbone, out_indices=config.backbone_out_indices,
-                                        drop_path_rate=config.backbone_drop_path_rate, pretrained=pretrained_backbone)
+        self.backbone = create_backbone(
+            config.backbone,
+            out_indices=config.backbone_out_indices,
+            drop_path_rate=config.backbone_drop_path_rate,
+            pretrained=pretrained_backbone,
+        )
         reductions = self.backbone.feature_info.reduction()
         expected = [2**level for level in range(config.min_level, config.min_level + len(reductions))]
         if reductions != expected:
-            raise ValueError(f"backbone {config.backbone!r} out_indices {config.backbone_out_indices} give strides "
-                             f"{reductions}, expected {expected} for min_level {config.min_level}")
+            raise ValueError(
+                f"backbone {config.backbone!r} out_indices {config.backbone_out_indices} give strides "
+                f"{reductions}, expected {expected} for min_level {config.min_level}"
+            )
         norm = {"momentum": config.bn_momentum, "eps": config.bn_eps}
-        self.neck = FeatureNetwork(self.backbone.feature_info.channels(), kind=config.feature_network,
-                                   min_level=config.min_level, max_level=config.max_level, width=config.fpn_channels,
-                                   repeats=config.fpn_repeats, fusion=config.fusion, act=config.act, **norm)
-        head = {"width": config.fpn_channels, "repeats": config.head_repeats, "num_levels": config.num_levels,
-                "num_anchors": config.num_anchors, "act": config.act, **norm}
+        self.neck = FeatureNetwork(
+            self.backbone.feature_info.channels(),
+            kind=config.feature_network,
+            min_level=config.min_level,
+            max_level=config.max_level,
+            width=config.fpn_channels,
+            repeats=config.fpn_repeats,
+            fusion=config.fusion,
+            act=config.act,
+            **norm,
+        )
+        head = {
+            "width": config.fpn_channels,
+            "repeats": config.head_repeats,
+            "num_levels": config.num_levels,
+            "num_anchors": config.num_anchors,
+            "act": config.act,
+            **norm,
+        }
         self.class_head = HeadNet(outputs_per_anchor=num_classes, prior_probability=PRIOR_PROBABILITY, **head)
         self.box_head = HeadNet(outputs_per_anchor=4, **head)
         for module in (self.class_head, self.box_head):
@@ -62,12 +83,17 @@ def check_image_size(images: torch.Tensor, config: EfficientDetConfig) -> None:
     stride = 2**config.max_level
     height, width = images.shape[-2:]
     if (height % stride or width % stride) and not config.allow_uneven_levels:
-        raise ValueError(f"input size {height}x{width} is not divisible by 2**max_level = {stride} "
-                         f"(model {config.name!r})")
+        raise ValueError(
+            f"input size {height}x{width} is not divisible by 2**max_level = {stride} (model {config.name!r})"
+        )
 
 
-def create_model(variant_or_config: str | EfficientDetConfig, num_classes: int,
-                 pretrained_backbone: str | os.PathLike | None = None, **overrides) -> EfficientDet:
+def create_model(
+    variant_or_config: str | EfficientDetConfig,
+    num_classes: int,
+    pretrained_backbone: str | os.PathLike | None = None,
+    **overrides,
+) -> EfficientDet:
     """Builds a detector from a variant name ("d0".."d7x", "lite0".."lite4") or a config, with field overrides.
 
     Example: `create_model("d0", num_classes=3, image_size=256, fpn_channels=48)`.

@@ -38,15 +38,27 @@ def _weighted_sum(maps: list[torch.Tensor], weights: torch.Tensor | None) -> tor
 class FusionNodeModule(nn.Module):
     """One node: resample each input to this level -> weighted fusion -> activation -> separable conv -> BN."""
 
-    def __init__(self, node: FusionNode, channels: list[int], strides: list[int], *, width: int, fusion: str,
-                 act: str, momentum: float, eps: float):
+    def __init__(
+        self,
+        node: FusionNode,
+        channels: list[int],
+        strides: list[int],
+        *,
+        width: int,
+        fusion: str,
+        act: str,
+        momentum: float,
+        eps: float,
+    ):
         super().__init__()
         out_stride = 2**node.level
         self.input_indices = node.inputs
-        self.inputs = nn.ModuleDict({
-            str(i): Resample(channels[i], width, strides[i], out_stride, momentum=momentum, eps=eps)
-            for i in node.inputs
-        })
+        self.inputs = nn.ModuleDict(
+            {
+                str(i): Resample(channels[i], width, strides[i], out_stride, momentum=momentum, eps=eps)
+                for i in node.inputs
+            }
+        )
         self.fusion = WeightedFusion(len(node.inputs), fusion)
         self.act = make_act(act)
         self.conv = SeparableConv(width, width, norm=make_norm(width, momentum=momentum, eps=eps))
@@ -61,15 +73,29 @@ class FusionNodeModule(nn.Module):
 class FusionCell(nn.Module):
     """One repeat of the feature network: maps list over levels -> maps list over levels."""
 
-    def __init__(self, nodes: tuple[FusionNode, ...], in_channels: list[int], *, min_level: int, max_level: int,
-                 width: int, fusion: str, act: str, momentum: float, eps: float):
+    def __init__(
+        self,
+        nodes: tuple[FusionNode, ...],
+        in_channels: list[int],
+        *,
+        min_level: int,
+        max_level: int,
+        width: int,
+        fusion: str,
+        act: str,
+        momentum: float,
+        eps: float,
+    ):
         super().__init__()
         channels = list(in_channels)
         strides = [2**level for level in range(min_level, max_level + 1)]
         self.nodes = nn.ModuleList()
         for node in nodes:
-            self.nodes.append(FusionNodeModule(node, channels, strides, width=width, fusion=fusion, act=act,
-                                               momentum=momentum, eps=eps))
+            self.nodes.append(
+                FusionNodeModule(
+                    node, channels, strides, width=width, fusion=fusion, act=act, momentum=momentum, eps=eps
+                )
+            )
             channels.append(width)
             strides.append(2**node.level)
         self.outputs = output_indices(nodes, min_level, max_level)
@@ -84,22 +110,46 @@ class FusionCell(nn.Module):
 class FeatureNetwork(nn.Module):
     """Backbone maps (e.g. P3-P5) -> extra levels up to max_level -> `repeats` fusion cells -> P_min..P_max."""
 
-    def __init__(self, backbone_channels: list[int], *, kind: str, min_level: int, max_level: int, width: int,
-                 repeats: int, fusion: str, act: str, momentum: float, eps: float):
+    def __init__(
+        self,
+        backbone_channels: list[int],
+        *,
+        kind: str,
+        min_level: int,
+        max_level: int,
+        width: int,
+        repeats: int,
+        fusion: str,
+        act: str,
+        momentum: float,
+        eps: float,
+    ):
         super().__init__()
         channels = list(backbone_channels)
         first_extra = min_level + len(channels)
         # P6 = max-pool(BN(1x1 conv(last backbone map))); P7 = max-pool(P6); keyed by level.
         self.extra_levels = nn.ModuleDict()
         for level in range(first_extra, max_level + 1):
-            self.extra_levels[f"P{level}"] = Resample(channels[-1], width, 2 ** (level - 1), 2**level,
-                                                      momentum=momentum, eps=eps)
+            self.extra_levels[f"P{level}"] = Resample(
+                channels[-1], width, 2 ** (level - 1), 2**level, momentum=momentum, eps=eps
+            )
             channels.append(width)
         nodes = build_topology(kind, min_level, max_level)
         self.cells = nn.ModuleList()
         for _ in range(repeats):
-            self.cells.append(FusionCell(nodes, channels, min_level=min_level, max_level=max_level, width=width,
-                                         fusion=fusion, act=act, momentum=momentum, eps=eps))
+            self.cells.append(
+                FusionCell(
+                    nodes,
+                    channels,
+                    min_level=min_level,
+                    max_level=max_level,
+                    width=width,
+                    fusion=fusion,
+                    act=act,
+                    momentum=momentum,
+                    eps=eps,
+                )
+            )
             channels = [width] * len(channels)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:

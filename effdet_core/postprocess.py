@@ -41,8 +41,13 @@ def select_top_k(class_logits: torch.Tensor, box_codes: torch.Tensor, k: int) ->
     return top_logits, anchor_index, classes, codes
 
 
-def postprocess(class_logits: torch.Tensor, box_codes: torch.Tensor, anchors: torch.Tensor,
-                image_size: tuple[int, int], config: PostprocessConfig) -> list[dict[str, torch.Tensor]]:
+def postprocess(
+    class_logits: torch.Tensor,
+    box_codes: torch.Tensor,
+    anchors: torch.Tensor,
+    image_size: tuple[int, int],
+    config: PostprocessConfig,
+) -> list[dict[str, torch.Tensor]]:
     """class_logits [B, N, C], box_codes [B, N, 4], anchors [N, 4] -> per image {"boxes", "scores", "labels"}.
 
     Boxes are xyxy in input-image pixels, clipped to the image; at most config.max_detections per image,
@@ -52,16 +57,27 @@ def postprocess(class_logits: torch.Tensor, box_codes: torch.Tensor, anchors: to
     logits, anchor_index, classes, codes = select_top_k(class_logits, box_codes, config.max_detection_points)
     boxes = decode(codes.float(), anchors[anchor_index])  # [B, k, 4]
     height, width = image_size
-    boxes = torch.stack([boxes[..., 0].clamp(0, width), boxes[..., 1].clamp(0, height),
-                         boxes[..., 2].clamp(0, width), boxes[..., 3].clamp(0, height)], dim=-1)
+    boxes = torch.stack(
+        [
+            boxes[..., 0].clamp(0, width),
+            boxes[..., 1].clamp(0, height),
+            boxes[..., 2].clamp(0, width),
+            boxes[..., 3].clamp(0, height),
+        ],
+        dim=-1,
+    )
     scores = logits.float().sigmoid()  # [B, k]
     if config.soft_nms:
         return _soft_nms(boxes, scores, classes, config)
 
     k = scores.shape[1]
     image_index = torch.arange(batch, device=scores.device)[:, None].expand(-1, k)
-    keep = batched_nms(boxes.reshape(-1, 4), scores.reshape(-1), (image_index * num_classes + classes).reshape(-1),
-                       config.nms_iou_threshold)  # flat indices, by decreasing score
+    keep = batched_nms(
+        boxes.reshape(-1, 4),
+        scores.reshape(-1),
+        (image_index * num_classes + classes).reshape(-1),
+        config.nms_iou_threshold,
+    )  # flat indices, by decreasing score
     keep = keep[scores.reshape(-1)[keep] > config.score_threshold]
     # Group the survivors by image, keeping score order within each image (stable sort), then cap per image.
     keep = keep[torch.sort(keep // k, stable=True).indices]
@@ -74,8 +90,9 @@ def postprocess(class_logits: torch.Tensor, box_codes: torch.Tensor, anchors: to
     return _split_per_image(boxes.reshape(-1, 4)[keep], scores.reshape(-1)[keep], classes.reshape(-1)[keep], counts)
 
 
-def _split_per_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
-                     counts: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+def _split_per_image(
+    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor
+) -> list[dict[str, torch.Tensor]]:
     sizes = counts.tolist()
     return [
         {"boxes": b, "scores": s, "labels": c}
@@ -83,8 +100,9 @@ def _split_per_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Te
     ]
 
 
-def _soft_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
-              config: PostprocessConfig) -> list[dict[str, torch.Tensor]]:
+def _soft_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, config: PostprocessConfig
+) -> list[dict[str, torch.Tensor]]:
     """Gaussian soft-NMS over the whole batch at once: boxes [B, k, 4], scores [B, k], classes [B, k].
 
     Each step picks every image's best remaining candidate and decays the scores of same-class candidates by
@@ -108,8 +126,9 @@ def _soft_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
     results = []
     for i in range(batch):
         mask = final_scores[i] > max(config.score_threshold, 1e-3)
-        results.append({"boxes": boxes[i, index[i][mask]], "scores": final_scores[i][mask],
-                        "labels": classes[i, index[i][mask]]})
+        results.append(
+            {"boxes": boxes[i, index[i][mask]], "scores": final_scores[i][mask], "labels": classes[i, index[i][mask]]}
+        )
     return results
 
 

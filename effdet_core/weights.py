@@ -19,12 +19,19 @@ _RENAMES: list[tuple[str, str]] = [
     (r"^backbone\.(.*)$", r"backbone.\1"),
     (r"^fpn\.resample\.(\d+)\.conv\.conv\.(.*)$", r"neck.extra_levels.P{level}.proj.conv.\2"),
     (r"^fpn\.resample\.(\d+)\.conv\.bn\.(.*)$", r"neck.extra_levels.P{level}.proj.bn.\2"),
-    (r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.combine\.resample\.(\d+)\.conv\.conv\.(.*)$",
-     r"neck.cells.\1.nodes.\2.inputs.\3.proj.conv.\4"),
-    (r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.combine\.resample\.(\d+)\.conv\.bn\.(.*)$",
-     r"neck.cells.\1.nodes.\2.inputs.\3.proj.bn.\4"),
+    (
+        r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.combine\.resample\.(\d+)\.conv\.conv\.(.*)$",
+        r"neck.cells.\1.nodes.\2.inputs.\3.proj.conv.\4",
+    ),
+    (
+        r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.combine\.resample\.(\d+)\.conv\.bn\.(.*)$",
+        r"neck.cells.\1.nodes.\2.inputs.\3.proj.bn.\4",
+    ),
     (r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.combine\.edge_weights$", r"neck.cells.\1.nodes.\2.fusion.weights"),
-    (r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.after_combine\.conv\.conv_(dw|pw)\.(.*)$", r"neck.cells.\1.nodes.\2.conv.\3.\4"),
+    (
+        r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.after_combine\.conv\.conv_(dw|pw)\.(.*)$",
+        r"neck.cells.\1.nodes.\2.conv.\3.\4",
+    ),
     (r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.after_combine\.conv\.bn\.(.*)$", r"neck.cells.\1.nodes.\2.conv.bn.\3"),
     (r"^(class|box)_net\.conv_rep\.(\d+)\.conv_(dw|pw)\.(.*)$", r"\1_head.convs.\2.\3.\4"),
     (r"^(class|box)_net\.bn_rep\.(\d+)\.(\d+)\.bn\.(.*)$", r"\1_head.norms.\2.\3.\4"),
@@ -46,8 +53,10 @@ def rename_effdet_key(key: str, min_level: int) -> str | None:
     raise ValueError(f"effdet checkpoint key {key!r} has no counterpart in this model")
 
 
-def load_effdet_weights(model: EfficientDet, state_dict_or_path: dict[str, torch.Tensor] | str | os.PathLike,
-                        ) -> EfficientDet:
+def load_effdet_weights(
+    model: EfficientDet,
+    state_dict_or_path: dict[str, torch.Tensor] | str | os.PathLike,
+) -> EfficientDet:
     """Loads an `effdet` EfficientDet state dict (or a .pth/.safetensors file holding one) into `model`, in place."""
     state = _read(state_dict_or_path)
     if all(k.startswith("model.") for k in state):  # saved from a DetBenchTrain/Predict wrapper
@@ -60,8 +69,11 @@ def load_effdet_weights(model: EfficientDet, state_dict_or_path: dict[str, torch
     own = model.state_dict()
     missing = sorted(set(own) - set(renamed))
     unexpected = sorted(set(renamed) - set(own))
-    bad_shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in renamed.items() if k in own and v.shape != own[k].shape]
+    bad_shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in renamed.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if missing or unexpected or bad_shapes:
         raise ValueError(
             f"effdet weights do not fit {model.config.name!r} with {model.num_classes} classes: "

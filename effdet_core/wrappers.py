@@ -64,8 +64,14 @@ class EfficientDetForPrediction(nn.Module):
         )
 
 
-def validate_targets(boxes: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, image_size: tuple[int, int],
-                     num_classes: int, tolerance: float = 1.0) -> None:
+def validate_targets(
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    valid: torch.Tensor,
+    image_size: tuple[int, int],
+    num_classes: int,
+    tolerance: float = 1.0,
+) -> None:
     """Raises ValueError naming the first bad box (image index, box index): degenerate, outside the image
     (beyond `tolerance` px), non-finite, or with a label outside [0, num_classes). boxes [B, G, 4] xyxy."""
     height, width = image_size
@@ -73,8 +79,10 @@ def validate_targets(boxes: torch.Tensor, labels: torch.Tensor, valid: torch.Ten
     problems = {
         "is not finite": ~torch.isfinite(boxes).all(-1),
         "is degenerate (x2 <= x1 or y2 <= y1)": (x2 <= x1) | (y2 <= y1),
-        f"lies outside the {width}x{height} image": (x1 < -tolerance) | (y1 < -tolerance)
-        | (x2 > width + tolerance) | (y2 > height + tolerance),
+        f"lies outside the {width}x{height} image": (x1 < -tolerance)
+        | (y1 < -tolerance)
+        | (x2 > width + tolerance)
+        | (y2 > height + tolerance),
         f"has a label outside [0, {num_classes})": (labels < 0) | (labels >= num_classes),
     }
     bad_any = torch.zeros_like(valid)
