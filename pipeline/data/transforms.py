@@ -114,6 +114,25 @@ class DetectionTransform:
             o_color,
         ]
 
+    def _pad_thin(self, image: np.ndarray) -> np.ndarray:
+        """Pad a very thin image (bottom/right, mean colour) so scale jitter keeps every side >= 1 px.
+
+        albumentations' RandomScale truncates ``int(side * scale)``, so the fitted short side must
+        be at least ``1 / scale_min``; padding can lower the fit factor, hence the short loop.
+        """
+        h, w = image.shape[:2]
+        for _ in range(4):
+            need = int(np.ceil((1.0 / self.options.scale_min + 1.0) / self.scale_for(h, w))) + 1  # original px
+            if min(h, w) >= need:
+                break
+            h, w = max(h, need), max(w, need)
+        if (h, w) == image.shape[:2]:
+            return image
+        padded = np.empty((h, w, 3), dtype=image.dtype)
+        padded[...] = np.array([round(255 * m) for m in self.mean], dtype=image.dtype)
+        padded[: image.shape[0], : image.shape[1]] = image
+        return padded
+
     def reseed(self, seed: int) -> None:
         """New random state (called per DataLoader worker so workers do not repeat each other)."""
         self.pipeline.set_random_seed(seed)
@@ -127,6 +146,8 @@ class DetectionTransform:
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, float]:
         orig_h, orig_w = image.shape[:2]
         boxes, labels = _valid_boxes(np.asarray(boxes, np.float32).reshape(-1, 4), labels, orig_w, orig_h, 0.0)
+        if self.train:
+            image = self._pad_thin(image)
         out = self.pipeline(image=image, bboxes=boxes, labels=labels)
         out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         out_labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)

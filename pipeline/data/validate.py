@@ -153,9 +153,9 @@ def validate_coco(
             if count > 1:
                 problems.append(Problem(DUPLICATE_ID, json_file, f"{name} id {record_id}", f"used {count} times"))
     category_ids = {c["id"] for c in categories}
-    sizes = {im["id"]: (im["width"], im["height"]) for im in images}
+    by_id = {im["id"]: im for im in images}
     for ann in annotations:
-        problems.extend(_check_annotation(ann, json_file, sizes, category_ids))
+        problems.extend(_check_annotation(ann, json_file, by_id, category_ids))
     if check_images:
         problems.extend(_check_image_files(images, json_file, Path(image_root)))
     return problems
@@ -205,18 +205,20 @@ def clip_bbox(bbox: Sequence[float], width: int, height: int) -> tuple[float, fl
 
 
 def _check_annotation(
-    ann: dict[str, Any], json_file: str, sizes: dict[int, tuple[int, int]], category_ids: set[int]
+    ann: dict[str, Any], json_file: str, images: dict[int, dict[str, Any]], category_ids: set[int]
 ) -> list[Problem]:
-    record = f"annotation id {ann['id']} (image id {ann['image_id']})"
+    image = images.get(ann["image_id"])
+    file_name = f", {image['file_name']}" if image else ""
+    record = f"annotation id {ann['id']} (image id {ann['image_id']}{file_name})"
     problems = []
     if ann["category_id"] not in category_ids:
         problems.append(Problem(UNKNOWN_CATEGORY, json_file, record, f"unknown category id {ann['category_id']}"))
-    if ann["image_id"] not in sizes:
+    if image is None:
         return problems + [Problem(UNKNOWN_IMAGE, json_file, record, f"unknown image id {ann['image_id']}")]
     x, y, w, h = ann["bbox"]
     if w <= 0 or h <= 0:
         return problems + [Problem(ZERO_AREA_BOX, json_file, record, f"box {ann['bbox']} has zero area")]
-    width, height = sizes[ann["image_id"]]
+    width, height = image["width"], image["height"]
     if x >= 0 and y >= 0 and x + w <= width and y + h <= height:
         return problems
     x1, y1, x2, y2 = clip_bbox(ann["bbox"], width, height)

@@ -28,8 +28,14 @@ def base_split(first_image_id: int, num_images: int, first_ann_id: int) -> dict[
         for j, (x, y, w, h) in enumerate([(2, 3, 20, 15), (30.5, 10, 25.5, 30)]):
             category = CATEGORIES[(k + j) % 3]["id"]
             annotations.append(
-                {"id": ann_id, "image_id": image_id, "category_id": category, "bbox": [x, y, w, h],
-                 "area": w * h, "iscrowd": 0}
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
             )
             ann_id += 1
     return {"images": images, "annotations": annotations, "categories": copy.deepcopy(CATEGORIES)}

@@ -55,7 +55,7 @@ def test_box_entirely_outside_image_is_fatal(make_dataset):
 
     ds = make_dataset(plant)
     assert [p.kind for p in validate_dataset(ds).fatal] == [v.BOX_OUTSIDE]
-    assert "annotation id 3 (image id 2)" in fatal_message(ds)
+    assert "annotation id 3 (image id 2, img_2.png)" in fatal_message(ds)
 
 
 def test_box_slightly_outside_is_clipped_and_counted(make_dataset):
@@ -101,7 +101,8 @@ def test_unknown_image_id_is_fatal(make_dataset):
 
 
 @pytest.mark.parametrize(
-    ("key", "index", "record"), [("images", 1, "image id 1"), ("annotations", 3, "annotation id 1"), ("categories", 0, "category id 1")]
+    ("key", "index", "record"),
+    [("images", 1, "image id 1"), ("annotations", 3, "annotation id 1"), ("categories", 0, "category id 1")],
 )
 def test_duplicate_ids_are_fatal(make_dataset, key, index, record):
     def plant(train, val):

@@ -1,0 +1,114 @@
+"""Property-based tests of the training and evaluation transforms: boxes stay valid, always."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.data import AugmentOptions, DetectionTransform
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+EDGE = st.sampled_from([-5.0, -0.0, 0.0, 0.5, 1.0, 0.999, 1.0001, 1.5])  # fractions of the side, incl. outside
+
+
+@st.composite
+def image_and_boxes(draw):
+    """An image of random size with random boxes: degenerate, on the border, outside, tiny, huge."""
+    height, width = draw(st.integers(1, 160)), draw(st.integers(1, 160))
+    n = draw(st.integers(0, 8))
+    fraction = st.one_of(EDGE, st.floats(-0.3, 1.3, allow_nan=False))
+    coords = np.array([[draw(fraction) for _ in range(4)] for _ in range(n)], dtype=np.float32).reshape(-1, 4)
+    boxes = coords * np.array([width, height, width, height], dtype=np.float32)
+    boxes = np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])], axis=1)
+    labels = np.array([draw(st.integers(0, 4)) for _ in range(n)], dtype=np.int64)
+    pixels = np.random.default_rng(n).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    return pixels, boxes, labels
+
+
+options_strategy = st.builds(
+    lambda lo, span, flip, visibility, min_size: AugmentOptions(
+        scale_min=lo, scale_max=lo + span, hflip_prob=flip, min_visibility=visibility, min_box_size=min_size
+    ),
+    st.floats(0.1, 1.5),
+    st.floats(0.0, 1.0),
+    st.sampled_from([0.0, 0.5, 1.0]),
+    st.sampled_from([0.0, 0.25, 0.9]),
+    st.sampled_from([0.0, 1.0, 4.0]),
+)
+
+
+def assert_valid(boxes: np.ndarray, labels: np.ndarray, height: int, width: int, min_size: float = 0.0) -> None:
+    assert boxes.dtype == np.float32 and boxes.ndim == 2 and boxes.shape[1] == 4
+    assert labels.dtype == np.int64 and labels.shape == (len(boxes),)
+    assert np.isfinite(boxes).all()
+    x1, y1, x2, y2 = boxes.T
+    assert (x1 >= 0).all() and (y1 >= 0).all() and (x2 <= width).all() and (y2 <= height).all()
+    assert (x2 > x1).all() and (y2 > y1).all()
+    assert (x2 - x1 >= min_size).all() and (y2 - y1 >= min_size).all()
+
+
+@SETTINGS
+@given(sample=image_and_boxes(), options=options_strategy, size=st.sampled_from([(64, 64), (64, 96), (128, 64)]))
+def test_train_transform_never_produces_an_invalid_box(sample, options, size):
+    pixels, boxes, labels = sample
+    transform = DetectionTransform(size, train=True, options=options, seed=0)
+    image, out_boxes, out_labels, scale = transform(pixels, boxes, labels)
+    assert image.shape == (3, *size) and image.dtype.is_floating_point and image.isfinite().all()
+    assert_valid(out_boxes, out_labels, *size, min_size=options.min_box_size)
+    assert set(out_labels.tolist()) <= set(labels.tolist())
+    assert scale == pytest.approx(min(size[0] / pixels.shape[0], size[1] / pixels.shape[1]))
+
+
+@SETTINGS
+@given(sample=image_and_boxes(), size=st.sampled_from([(64, 64), (64, 128)]))
+def test_eval_transform_keeps_boxes_and_maps_back(sample, size):
+    pixels, boxes, _ = sample
+    labels = np.arange(len(boxes))  # unique labels identify each box after the transform
+    height, width = pixels.shape[:2]
+    image, out_boxes, out_labels, scale = DetectionTransform(size)(pixels, boxes, labels)
+    assert image.shape == (3, *size)
+    assert_valid(out_boxes, out_labels, *size)
+    clipped = boxes.copy()
+    clipped[:, 0::2] = clipped[:, 0::2].clip(0, width)
+    clipped[:, 1::2] = clipped[:, 1::2].clip(0, height)
+    sides = clipped[:, 2:] - clipped[:, :2]  # [n, 2] original px
+    valid = (sides > 0).all(axis=1)
+    big = (sides * scale >= 0.5).all(axis=1)  # at least half a model-input px: must survive
+    assert set(np.flatnonzero(big)) <= set(out_labels.tolist()) <= set(np.flatnonzero(valid))
+    # every kept box maps back to original px, up to the rounding of the resized sides (>= 1 px)
+    resized = np.maximum(1, np.round(np.array([width, height]) * scale))  # [2] (w, h) after resizing
+    error = np.abs(resized - np.array([width, height]) * scale) / scale  # [2] original px, 0.5 / scale usually
+    atol = np.tile(error, 2) + 1e-3  # [4] x1, y1, x2, y2
+    assert (np.abs(out_boxes / scale - clipped[out_labels]) <= atol).all()
+
+
+def test_images_without_boxes_are_kept():
+    pixels = np.zeros((30, 50, 3), np.uint8)
+    for train in (False, True):
+        image, boxes, labels, _ = DetectionTransform(64, train=train, seed=1)(pixels, np.zeros((0, 4)), [])
+        assert image.shape == (3, 64, 64) and boxes.shape == (0, 4) and labels.shape == (0,)
+
+
+def test_flip_mirrors_boxes_exactly_and_padding_is_zero_after_normalising():
+    options = AugmentOptions(scale_min=1.0, scale_max=1.0, hflip_prob=1.0, color_prob=0.0)
+    pixels = np.full((64, 64, 3), 200, np.uint8)
+    boxes = np.array([[4, 8, 20, 30]], np.float32)
+    _, out, _, _ = DetectionTransform(64, train=True, options=options)(pixels, boxes, [2])
+    np.testing.assert_allclose(out, [[44, 8, 60, 30]], atol=1e-4)
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    white = np.full((32, 16, 3), 255, np.uint8)
+    image, out, _, scale = DetectionTransform((64, 64), mean, std)(white, boxes / 4, [0])
+    assert scale == 2.0 and image[:, :, 32:].abs().max() == pytest.approx(0.0, abs=1e-2)  # padded right half
+    assert image[:, :, :32].min() == pytest.approx(1.0)  # white pixels -> (1 - 0.5) / 0.5
+
+
+def test_augment_options_reject_bad_values():
+    with pytest.raises(ValueError, match="scale_min"):
+        AugmentOptions(scale_min=2.0, scale_max=1.0)
+    with pytest.raises(ValueError, match="hflip_prob"):
+        AugmentOptions(hflip_prob=1.5)
+    with pytest.raises(ValueError, match=r"unknown augmentation options \['flip'\]"):
+        AugmentOptions.from_dict({"flip": 0.5})
+    assert AugmentOptions.from_dict({"hue": 0.1}).hue == 0.1
