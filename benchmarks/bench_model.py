@@ -1,0 +1,144 @@
+"""Train-step throughput and predict latency of one variant, side by side with `effdet` when it is installed.
+
+Both models hold the same weights (effdet's random init, loaded into ours) and run interleaved in one process,
+so machine noise hits both alike. Prints medians and our/effdet ratios.
+
+    python benchmarks/bench_model.py --variant d0 --size 512 --train-batch 4 --predict-batch 1 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import effdet_core as E
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="d0")
+    parser.add_argument("--size", type=int, default=512, help="input size in px (square)")
+    parser.add_argument("--train-batch", type=int, default=4)
+    parser.add_argument("--predict-batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="timed iterations per measurement")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--num-classes", type=int, default=90)
+    parser.add_argument("--boxes-per-image", type=int, default=8)
+    parser.add_argument("--no-effdet", action="store_true", help="measure our model only")
+    return parser.parse_args()
+
+
+def make_targets(batch: int, size: int, num_boxes: int, num_classes: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    xy = torch.rand(batch, num_boxes, 2, generator=gen) * size * 0.6
+    wh = 16 + torch.rand(batch, num_boxes, 2, generator=gen) * size * 0.3
+    boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], dim=-1)  # [B, n, 4] xyxy
+    labels = torch.randint(0, num_classes, (batch, num_boxes), generator=gen)
+    return boxes, labels
+
+
+class OurRunner:
+    name = "effdet_core"
+
+    def __init__(self, model: E.EfficientDet):
+        self.train_model = E.EfficientDetForTraining(model, validate=True)
+        self.predict_model = E.EfficientDetForPrediction(model)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def train_step(self, images, boxes, labels):
+        self.train_model.train()
+        targets = [{"boxes": b, "labels": c} for b, c in zip(boxes, labels, strict=True)]
+        loss = self.train_model(images, targets)["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def predict(self, images):
+        self.predict_model.eval()
+        self.predict_model(images)
+
+
+class EffdetRunner:
+    name = "effdet"
+
+    def __init__(self, model):
+        from effdet import DetBenchPredict, DetBenchTrain
+
+        self.train_model = DetBenchTrain(model)
+        self.predict_model = DetBenchPredict(model)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def train_step(self, images, boxes, labels):
+        self.train_model.train()
+        target = {"bbox": boxes[..., [1, 0, 3, 2]], "cls": labels.float() + 1}  # effdet: yxyx, 1-based classes
+        loss = self.train_model(images, target)["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def predict(self, images):
+        self.predict_model.eval()
+        with torch.no_grad():
+            self.predict_model(images)
+
+
+def build_runners(args) -> list:
+    ours = E.create_model(args.variant, num_classes=args.num_classes, image_size=args.size)
+    if args.no_effdet:
+        return [OurRunner(ours)]
+    try:
+        import effdet
+    except ImportError:
+        print("effdet not installed: measuring effdet_core only (pip install -e '.[test]' for the comparison)")
+        return [OurRunner(ours)]
+    reference = effdet.create_model(f"tf_efficientdet_{args.variant}", pretrained_backbone=False,
+                                    num_classes=args.num_classes, image_size=(args.size, args.size))
+    E.load_effdet_weights(ours, reference.state_dict())
+    return [OurRunner(ours), EffdetRunner(reference)]
+
+
+def time_interleaved(runners, fn_name: str, inputs, repeats: int, warmup: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {r.name: [] for r in runners}
+    for i in range(warmup + repeats):
+        for runner in runners if i % 2 == 0 else reversed(runners):  # alternate who goes first
+            start = time.perf_counter()
+            getattr(runner, fn_name)(*inputs)
+            if i >= warmup:
+                times[runner.name].append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    runners = build_runners(args)
+    train_images = torch.randn(args.train_batch, 3, args.size, args.size)
+    boxes, labels = make_targets(args.train_batch, args.size, args.boxes_per_image, args.num_classes)
+    predict_images = torch.randn(args.predict_batch, 3, args.size, args.size)
+
+    train = time_interleaved(runners, "train_step", (train_images, boxes, labels), args.repeats, args.warmup)
+    predict = time_interleaved(runners, "predict", (predict_images,), args.repeats, args.warmup)
+
+    print(f"{args.variant} @ {args.size}px, fp32, {args.threads} threads, torch {torch.__version__}, "
+          f"median of {args.repeats} (after {args.warmup} warm-up), interleaved")
+    print(f"{'model':<12} {'train img/s (batch ' + str(args.train_batch) + ')':>24} "
+          f"{'predict ms (batch ' + str(args.predict_batch) + ')':>24}")
+    results = {}
+    for runner in runners:
+        img_s = args.train_batch / statistics.median(train[runner.name])
+        latency = 1000 * statistics.median(predict[runner.name])
+        results[runner.name] = (img_s, latency)
+        print(f"{runner.name:<12} {img_s:>24.3f} {latency:>24.1f}")
+    if len(results) == 2:
+        (ours_ips, ours_ms), (ref_ips, ref_ms) = results["effdet_core"], results["effdet"]
+        print(f"ratio ours/effdet: train throughput x{ours_ips / ref_ips:.3f} (higher is better), "
+              f"predict latency x{ours_ms / ref_ms:.3f} (lower is better)")
+
+
+if __name__ == "__main__":
+    main()
