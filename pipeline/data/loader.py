@@ -1,19 +1,20 @@
 """Train and validation DataLoaders for one (possibly distributed) worker.
 
-Training uses torch's `DistributedSampler` when ``world_size > 1`` (call ``sampler.set_epoch``
-each epoch); validation uses `ShardedEvalSampler`, which never pads, so that each image is
-evaluated exactly once across all ranks.
+Training uses `FullBatchDistributedSampler` (torch's `DistributedSampler`, padded to whole batches;
+call ``train.sampler.set_epoch(epoch)`` every epoch, also with one worker); validation uses
+`ShardedEvalSampler`, which never pads, so that each image is evaluated exactly once across ranks.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from pipeline.data.dataset import DetectionDataset, collate_fn
 from pipeline.data.layout import LabelMap
@@ -34,6 +35,23 @@ class ShardedEvalSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class FullBatchDistributedSampler(DistributedSampler):
+    """torch's `DistributedSampler`, padded so that every rank's shard is a whole number of batches.
+
+    Each epoch (``set_epoch``) every image is seen at least once across all ranks; the fewer than
+    ``world_size * batch_size`` repeats fill the last batches, so no image is dropped and every
+    batch has exactly ``batch_size`` images.
+    """
+
+    def __init__(
+        self, dataset, batch_size: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        per_step = batch_size * num_replicas
+        self.num_samples = math.ceil(len(dataset) / per_step) * batch_size  # per rank
+        self.total_size = self.num_samples * num_replicas  # the parent pads its index list to this
 
 
 class DataLoaders(NamedTuple):
@@ -69,8 +87,8 @@ def build_dataloaders(
     """Train and val loaders of ``dataset_dir`` for worker ``rank`` of ``world_size``.
 
     ``validate`` runs `validate_dataset` first and raises `DatasetError` on fatal problems.
-    Train batches have exactly ``batch_size`` images (the last partial batch is dropped when the
-    shard holds at least one full batch). ``train.dataset.label_map`` and ``val.dataset.coco``
+    Train batches have exactly ``batch_size`` images and every image is seen at least once per
+    epoch (see `FullBatchDistributedSampler`). ``train.dataset.label_map`` and ``val.dataset.coco``
     give the label map and the validation ground truth.
     """
     if validate:
@@ -79,18 +97,12 @@ def build_dataloaders(
     val_tf = DetectionTransform(image_size, mean, std, train=False)
     train_set = DetectionDataset(dataset_dir, "train", train_tf, label_map)
     val_set = DetectionDataset(dataset_dir, "val", val_tf, train_set.label_map)
-    if world_size > 1:
-        train_sampler: Sampler[int] = DistributedSampler(
-            train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
-        )
-    else:
-        train_sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(seed))
+    train_sampler = FullBatchDistributedSampler(train_set, batch_size, world_size, rank, shuffle=True, seed=seed)
     common = {"num_workers": num_workers, "collate_fn": collate_fn, "persistent_workers": num_workers > 0}
     train = DataLoader(
         train_set,
         batch_size=batch_size,
         sampler=train_sampler,
-        drop_last=len(train_sampler) >= batch_size,
         worker_init_fn=functools.partial(_seed_worker, rank=rank),
         **common,
     )
