@@ -83,16 +83,18 @@ def build_dataloaders(
     label_map: LabelMap | None = None,
     seed: int = 0,
     validate: bool = True,
+    check_images: bool = True,
 ) -> DataLoaders:
     """Train and val loaders of ``dataset_dir`` for worker ``rank`` of ``world_size``.
 
-    ``validate`` runs `validate_dataset` first and raises `DatasetError` on fatal problems.
+    ``validate`` runs `validate_dataset` first and raises `DatasetError` on fatal problems
+    (``check_images=False`` skips decoding every image, e.g. on workers after the driver checked).
     Train batches have exactly ``batch_size`` images and every image is seen at least once per
     epoch (see `FullBatchDistributedSampler`). ``train.dataset.label_map`` and ``val.dataset.coco``
     give the label map and the validation ground truth.
     """
     if validate:
-        validate_dataset(dataset_dir).raise_if_fatal()
+        validate_dataset(dataset_dir, check_images=check_images).raise_if_fatal()
     train_tf = DetectionTransform(image_size, mean, std, train=True, options=augment, seed=seed + rank)
     val_tf = DetectionTransform(image_size, mean, std, train=False)
     train_set = DetectionDataset(dataset_dir, "train", train_tf, label_map)
