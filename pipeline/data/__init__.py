@@ -6,7 +6,7 @@ See docs/ARCHITECTURE.md ("pipeline.data") for the item format shared with the t
 from pipeline.data.coco_index import ImageRecord, load_coco, load_split
 from pipeline.data.dataset import DetectionDataset, collate_fn, to_original_coordinates
 from pipeline.data.layout import SPLITS, DatasetError, LabelMap, annotation_path, images_dir, load_label_map
-from pipeline.data.loader import DataLoaders, ShardedEvalSampler, build_dataloaders
+from pipeline.data.loader import DataLoaders, FullBatchDistributedSampler, ShardedEvalSampler, build_dataloaders
 from pipeline.data.synth import ensure_synthetic_dataset, write_synthetic_dataset
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentOptions, DetectionTransform
 from pipeline.data.validate import Problem, ValidationReport, validate_dataset
@@ -21,6 +21,7 @@ __all__ = [
     "DatasetError",
     "DetectionDataset",
     "DetectionTransform",
+    "FullBatchDistributedSampler",
     "ImageRecord",
     "LabelMap",
     "Problem",
