@@ -6,7 +6,9 @@ long work starts; the resolved config prints and saves as YAML and flattens to M
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -251,9 +253,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return value
         raise ConfigError(f"{key}={value!r}: expected an integer")
     if annotation is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
-        raise ConfigError(f"{key}={value!r}: expected a number")
+        raise ConfigError(f"{key}={value!r}: expected a finite number")
     if annotation is str:
         if isinstance(value, str):
             return value

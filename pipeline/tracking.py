@@ -193,6 +193,11 @@ def log_artifact(handle: RunHandle, path: str | os.PathLike, artifact_path: str 
     handle.client().log_artifact(handle.run_id, str(path), artifact_path)
 
 
+def log_directory(handle: RunHandle, local_dir: str | os.PathLike, artifact_path: str) -> None:
+    """Every file of `local_dir` under `artifact_path` (e.g. a checkpoint directory)."""
+    handle.client().log_artifacts(handle.run_id, str(local_dir), artifact_path)
+
+
 def metric_history(handle: RunHandle, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
     """`{key: [(epoch, value), ...]}` as stored (across resumes), for the curves plot."""
     client = handle.client()

@@ -173,6 +173,7 @@ def train_one_epoch(trainer: Trainer, loader, epoch: int) -> dict[str, float]:
         "train_class_loss": float(sums[1]) / images_total,
         "train_box_loss": float(sums[2]) / images_total,
         "lr": trainer.optimizer.param_groups[0]["lr"],
+        "train_images": images_total,  # over all ranks: shows every shard was trained on
         "images_per_s": images_total / max(seconds, 1e-9),
         "train_time_s": seconds,
     }

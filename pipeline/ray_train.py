@@ -1,0 +1,277 @@
+"""Thin Ray Train adapter: runs `pipeline.training.loop` as DDP on Ray workers, with Ray's checkpointing,
+fault tolerance and resume-by-identity, and MLflow tracking from rank 0 through `pipeline.tracking`.
+
+Driver side (`train`): resolve paths and the tracking store, make the dataset, start or resume the MLflow
+run, fit a `TorchTrainer`, then evaluate and log the best checkpoint. Worker side (`worker_loop`): prepare
+loaders (this rank's shard), prepare the model (DDP; gloo on CPU), train, report every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline import tracking
+from pipeline.config import ConfigError, PipelineConfig, from_dict, replace, to_dict
+from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.training.report import FinalReport, final_report, format_progress
+
+
+class TrainingJobError(RuntimeError):
+    """Training failed (after Ray's restarts); the message says how to resume."""
+
+
+@dataclass
+class TrainOutcome:
+    name: str  # Ray Train run name: resume with the same storage_path + name
+    run_dir: Path
+    run: tracking.RunHandle
+    report: FinalReport
+    last_metrics: dict[str, Any]
+    wall_s: float
+
+
+# ----------------------------------------------------------------------------------------------- worker
+
+
+def worker_loop(loop_config: dict[str, Any]) -> None:
+    """Per-worker function: 1. loaders (this rank's shard), 2. model (DDP, restored), 3. train, 4. report."""
+    import ray.train
+    import ray.train.torch
+
+    from pipeline.training.inputs import build_loaders
+    from pipeline.training.loop import build_trainer, run_epochs
+
+    config = from_dict(loop_config["config"])
+    run = tracking.RunHandle(**loop_config["run"]) if loop_config.get("run") else None
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    # one intra-op thread per CPU this worker holds; more only oversubscribes the cores other workers hold
+    torch.set_num_threads(config.train.threads_per_worker or max(1, int(config.ray.cpus_per_worker)))
+    torch.manual_seed(config.train.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+
+    inputs = build_loaders(config, rank, world, validate=False)  # 1. the driver validated the dataset
+    checkpoint = ray.train.get_checkpoint()  # 2. the latest reported one after a restart or on resume
+    state = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(directory)
+    trainer = build_trainer(
+        config,
+        inputs.label_map,
+        len(inputs.train_loader),
+        ray.train.torch.get_device(),
+        wrap=ray.train.torch.prepare_model,
+        resume=state,
+    )
+    start_epoch = state.epoch + 1 if state is not None else 1
+    started = time.perf_counter()
+
+    def report(trainer, epoch: int, metrics: dict[str, float]) -> None:  # 4.
+        metrics = {**metrics, "resumed_from_epoch": start_epoch - 1}
+        if rank == 0:
+            if run is not None:
+                tracking.log_epoch(run, epoch, metrics)
+            done = epoch - start_epoch + 1
+            eta = (time.perf_counter() - started) / done * (config.train.epochs - epoch)
+            print(format_progress(epoch, config.train.epochs, metrics, eta), flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:  # one copy of the (identical) DDP state is enough
+                from pipeline.training.loop import make_state
+
+                save_checkpoint(make_state(trainer, epoch, metrics), tmp)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            # a barrier: every rank reports once per epoch, with metrics already all-reduced
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")
+        if rank == 0 and loop_config.get("epoch_times_file"):  # benchmarks: when each epoch's report returned
+            with open(loop_config["epoch_times_file"], "a", encoding="utf-8") as f:
+                f.write(f"{epoch} {time.time()}\n")
+
+    run_epochs(trainer, inputs.train_loader, inputs.val_loader, inputs.coco_gt, start_epoch, report)  # 3.
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def _absolute(config: PipelineConfig) -> PipelineConfig:
+    """Workers chdir into a Ray session folder: every local path must be absolute before they see it."""
+    storage = config.ray.storage_path
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    marker = config.train.fault_marker
+    return replace(
+        config,
+        data={"dir": str(Path(config.data.dir).resolve())},
+        ray={"storage_path": storage},
+        train={
+            "output_dir": str(Path(config.train.output_dir).resolve()),
+            "fault_marker": str(Path(marker).resolve()) if marker else None,
+        },
+    )
+
+
+def _meta_dir(config: PipelineConfig) -> Path:
+    return Path(config.ray.storage_path) / "_pipeline"
+
+
+def _run_name(config: PipelineConfig, resume: bool) -> str:
+    """Resume is by identity (storage_path + name): a fresh run gets a new name, `--resume` the latest one."""
+    storage = Path(config.ray.storage_path)
+    if resume:
+        name = config.ray.name
+        latest = _meta_dir(config) / "latest"
+        if name is None and latest.is_file():
+            name = latest.read_text(encoding="utf-8").strip()
+        if name is None or not (storage / name).is_dir():
+            raise ConfigError(f"--resume: no run {name or '(latest)'} under ray.storage_path={str(storage)!r}")
+        return name
+    name = config.ray.name or datetime.now().strftime("effdet-%Y%m%d-%H%M%S")
+    if (storage / name).exists():
+        raise ConfigError(
+            f"ray.name={name!r}: a run of that name exists under {storage}; pass --resume to "
+            "continue it or choose another ray.name"
+        )
+    return name
+
+
+def _mlflow_run(config: PipelineConfig, uri: str, name: str, label_map: dict, resume: bool) -> tracking.RunHandle:
+    """Continue the run's MLflow run on resume (same tracking store), else start one."""
+    meta = _meta_dir(config) / f"{name}.json"
+    if resume and meta.is_file():
+        handle = tracking.RunHandle.from_json(meta.read_text(encoding="utf-8"))
+        if handle.tracking_uri == uri:
+            return tracking.resume_run(handle)
+    with tempfile.TemporaryDirectory() as tmp:
+        handle = tracking.start_run(config, uri, label_map, Path(tmp))
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(handle.to_json(), encoding="utf-8")
+    (meta.parent / "latest").write_text(name, encoding="utf-8")
+    return handle
+
+
+def _init_ray(config: PipelineConfig) -> bool:
+    """Connect to (or start) Ray and check it can place the workers; True when this call started it."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        address = config.ray.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address)
+        else:  # local: the dashboard keeps placement groups tidy (see RAY_MLFLOW_NOTES)
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+        started = True
+    need_cpu = config.ray.num_workers * config.ray.cpus_per_worker
+    have = ray.cluster_resources()
+    if have.get("CPU", 0) < need_cpu or (config.ray.use_gpu and have.get("GPU", 0) < config.ray.num_workers):
+        if started:
+            ray.shutdown()
+        raise ConfigError(
+            f"ray.num_workers={config.ray.num_workers} x ray.cpus_per_worker={config.ray.cpus_per_worker}"
+            f"{' + 1 GPU each' if config.ray.use_gpu else ''} does not fit the cluster's resources {have}"
+        )
+    return started
+
+
+def _trainer(config: PipelineConfig, name: str, run: tracking.RunHandle | None, **extra: Any):
+    """The TorchTrainer of this job; `extra` goes into the workers' loop config (e.g. `epoch_times_file`)."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": config.ray.cpus_per_worker, **({"GPU": 1} if config.ray.use_gpu else {})}
+    return TorchTrainer(
+        worker_loop,
+        train_loop_config={"config": to_dict(config), "run": run.__dict__ if run else None, **extra},
+        scaling_config=ScalingConfig(
+            num_workers=config.ray.num_workers,
+            use_gpu=config.ray.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=config.ray.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=config.ray.storage_path,
+            failure_config=FailureConfig(max_failures=config.ray.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.ray.num_to_keep),
+            # Ray Train patches print() into its logger, which defeats redirect_stdout (pycocotools' chatter)
+            # and doubles our progress lines; Train's own per-report INFO logs would drown them too
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+
+
+def prepare(config: PipelineConfig, resume: bool = False) -> tuple[PipelineConfig, str, str, dict]:
+    """Everything that can fail on bad input, before any training: paths, tracking store, dataset, run name."""
+    from pipeline.data import load_label_map, validate_dataset
+    from pipeline.training.inputs import ensure_dataset, model_normalisation
+
+    config = _absolute(config)
+    model_normalisation(config)  # bad model overrides fail here, not in a worker
+    uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri)
+    tracking.check_tracking_store(uri)
+    ensure_dataset(config.data)
+    validate_dataset(config.data.dir).raise_if_fatal()
+    name = _run_name(config, resume)
+    return config, uri, name, load_label_map(config.data.dir).to_dict()
+
+
+def train(config: PipelineConfig, resume: bool = False) -> TrainOutcome:
+    """The whole job on Ray: checks, MLflow run, distributed training, final evaluation and artifacts."""
+    import ray
+    from ray.train import TrainingFailedError
+
+    start = time.perf_counter()
+    config, uri, name, label_map = prepare(config, resume)
+    run = _mlflow_run(config, uri, name, label_map, resume)
+    started_ray = _init_ray(config)
+    try:
+        result = _trainer(config, name, run).fit()
+    except TrainingFailedError as e:
+        tracking.end_run(run, "FAILED")
+        raise TrainingJobError(
+            f"training failed after ray.max_failures={config.ray.max_failures} restarts: {e}\n"
+            f"the last epoch checkpoint is kept: resume with --resume (run {name!r} in {config.ray.storage_path})"
+        ) from e
+    finally:
+        if started_ray:
+            ray.shutdown()
+    with result.checkpoint.as_directory() as directory:
+        last = load_checkpoint(directory)
+    return TrainOutcome(
+        name,
+        Path(config.ray.storage_path) / name,
+        run,
+        _finish(config, run, last, name),
+        dict(last.metrics),
+        time.perf_counter() - start,
+    )
+
+
+def _finish(config: PipelineConfig, run: tracking.RunHandle, last, name: str) -> FinalReport:
+    """Evaluate the best checkpoint and log it with the curves, PR curve and validation grid."""
+    from pipeline.plots import LOSS_KEYS, MAP_KEYS, plot_curves
+
+    out_dir = Path(config.train.output_dir) / name
+    report = final_report(config, last, out_dir)
+    tracking.log_metrics(run, {**report.metrics, "epoch": report.best_epoch}, prefix="best_")
+    report.files["curves"] = plot_curves(tracking.metric_history(run, [*LOSS_KEYS, *MAP_KEYS]), out_dir / "curves.png")
+    label_map_file = out_dir / "best_checkpoint" / "label_map.json"
+    label_map_file.write_text(json.dumps(last.label_map, indent=2), encoding="utf-8")
+    for key, path in report.files.items():
+        if key == "best_checkpoint":
+            if config.mlflow.log_checkpoint:
+                tracking.log_directory(run, path.parent, "best_checkpoint")
+        else:
+            tracking.log_artifact(run, path)
+    tracking.end_run(run, "FINISHED")
+    return report

@@ -1,0 +1,134 @@
+"""Fixtures of the training tests: a tiny demo dataset, a tiny-model config, a local Ray, a real MLflow server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import PipelineConfig, load_config
+
+TINY_OVERRIDES = [
+    "model.variant=lite0",
+    "model.image_size=128",
+    "model.fpn_channels=32",
+    "model.fpn_repeats=1",
+    "model.head_repeats=1",
+    "model.pretrained_backbone=null",  # weights do not matter for plumbing tests; skipping them is faster
+    "data.batch_size=4",
+    "data.synth_images=24",
+    "data.synth_size=128",
+    "data.synth_val_fraction=0.33",  # 16 train, 8 val
+    "data.generate_if_missing=false",
+    "optim.lr=0.02",
+    "train.epochs=2",
+    "ray.num_workers=2",
+    "ray.num_to_keep=1",
+    "mlflow.grid_images=2",
+]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One intra-op thread: on a 2-core machine shared with other processes, OpenMP threads spinning against
+    each other make a tiny training step take seconds instead of milliseconds (Ray workers do the same)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """16 train + 8 val images of 128 px, written once per session."""
+    from pipeline.data import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "tiny", num_images=24, size=128, val_fraction=0.33)
+
+
+@pytest.fixture
+def tiny_config(tiny_dataset, tmp_path) -> PipelineConfig:
+    """A config for a tiny run whose every output (Ray storage, MLflow store, outputs) lives in tmp_path."""
+    return load_config(
+        None,
+        [
+            *TINY_OVERRIDES,
+            f"data.dir={tiny_dataset}",
+            f"ray.storage_path={tmp_path / 'ray_results'}",
+            f"train.output_dir={tmp_path / 'outputs'}",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "mlflow.experiment=tests",
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local 2-CPU Ray for one test module, shut down afterwards."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 (free port), stopped by its PID afterwards."""
+    port = free_port()
+    log = open(tmp_path / "mlflow_server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server_artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                server_log = (tmp_path / "mlflow_server.log").read_text()
+                raise RuntimeError(f"mlflow server did not start: {server_log}") from None
+            time.sleep(0.5)
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group: uvicorn/gunicorn workers too
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()

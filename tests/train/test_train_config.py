@@ -1,0 +1,97 @@
+"""Config loading: defaults, YAML files, `--set` overrides with coercion, and rejection of bad keys and values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main as cli_main
+from pipeline.config import ConfigError, PipelineConfig, flatten, load_config, save_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml"])
+def test_shipped_configs_load(name):
+    config = load_config(CONFIGS / name)
+    assert config.ray.num_workers == 2
+    assert config.model.image_size % 128 == 0
+
+
+def test_overrides_are_coerced_to_field_types():
+    config = load_config(
+        None,
+        [
+            "train.epochs=3",
+            "optim.lr=1e-3",
+            "optim.clip_grad_norm=null",
+            "ray.name=2024",
+            "train.compile=true",
+            "ray.cpus_per_worker=1",
+        ],
+    )
+    assert config.train.epochs == 3
+    assert config.optim.lr == pytest.approx(1e-3) and isinstance(config.optim.lr, float)
+    assert config.optim.clip_grad_norm is None
+    assert config.ray.name == "2024"  # a name, not a number
+    assert config.train.compile is True
+    assert isinstance(config.ray.cpus_per_worker, float)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.epochz=3", "unknown key(s) ['train.epochz']"),
+        ("trian.epochs=3", "unknown section(s) ['trian']"),
+        ("train.epochs=abc", "train.epochs='abc': expected an integer"),
+        ("train.epochs=0", "train.epochs=0: must be >= 1"),
+        ("train.amp=fp8", "train.amp='fp8': not supported; choose one of ['none', 'bf16', 'fp16']"),
+        ("model.variant=d9", "model.variant='d9'"),
+        ("model.image_size=300", "model.image_size=300: must be a positive multiple of 128"),
+        ("optim.lr=-1", "optim.lr=-1.0: must be > 0"),
+        ("train.sync_bn=maybe", "train.sync_bn='maybe': expected true or false"),
+        ("epochs=3", "must be section.key"),
+        ("train.epochs", "must look like section.key=value"),
+    ],
+)
+def test_bad_overrides_are_rejected_naming_key_and_value(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert expected in str(info.value)
+
+
+def test_unknown_key_error_lists_valid_keys():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["optim.learning_rate=0.1"])
+    for valid in ("lr", "momentum", "weight_decay", "warmup_epochs"):
+        assert f"'{valid}'" in str(info.value)
+
+
+def test_yaml_file_errors_name_the_file(tmp_path):
+    bad_key = tmp_path / "bad.yaml"
+    bad_key.write_text("train:\n  epochs: 2\n  bogus: 1\n")
+    with pytest.raises(ConfigError, match=r"train\.bogus.*bad\.yaml"):
+        load_config(bad_key)
+    not_yaml = tmp_path / "broken.yaml"
+    not_yaml.write_text("train: [epochs: 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml is not valid YAML"):
+        load_config(not_yaml)
+    with pytest.raises(ConfigError, match="cannot read config file .*missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    config = load_config(CONFIGS / "smoke.yaml", ["train.epochs=5", "optim.name=adamw"])
+    path = save_config(config, tmp_path / "resolved.yaml")
+    again = load_config(path)
+    assert again == config
+    assert isinstance(again, PipelineConfig)
+    flat = flatten(config)
+    assert flat["train.epochs"] == 5 and flat["optim.name"] == "adamw" and "mlflow.experiment" in flat
+
+
+def test_cli_rejects_bad_config_before_any_work(capsys):
+    code = cli_main(["train", "--set", "train.epochs=-2"])
+    assert code == 1
+    assert "train.epochs=-2: must be >= 1" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""Unit tests of the loop's parts: checkpoints (and refusing pickled code), optimizer groups, schedule, EMA."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.config import OptimConfig
+from pipeline.training.checkpoint import CheckpointError, TrainState, load_checkpoint, save_checkpoint
+from pipeline.training.ema import ModelEma
+from pipeline.training.optim import build_optimizer, build_scheduler, clip_gradients, param_groups
+
+
+def _small_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+
+
+def _state(**extra) -> TrainState:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    return TrainState(
+        epoch=3,
+        model=net.state_dict(),
+        config={"train": {"epochs": 5}},
+        label_map={"category_ids": [1, 2], "names": ["a", "b"]},
+        metrics={"val_AP": 0.5},
+        **extra,
+    )
+
+
+def test_checkpoint_round_trip(tmp_path):
+    state = _state(best={"epoch": 2, "value": 0.4, "weights": {"w": torch.ones(2)}})
+    save_checkpoint(state, tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.epoch == 3 and loaded.metrics == {"val_AP": 0.5}
+    assert loaded.label_map == state.label_map
+    for key, value in state.model.items():
+        assert torch.equal(loaded.model[key], value)
+    assert torch.equal(loaded.best["weights"]["w"], torch.ones(2))
+
+
+class _Payload:
+    """An object whose unpickling runs a shell command: what a malicious checkpoint would carry."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    marker = tmp_path / "code_ran"
+    state = _state()
+    payload = {"format_version": 1, **state.__dict__, "config": _Payload(str(marker))}
+    (tmp_path / "evil").mkdir()
+    torch.save(payload, tmp_path / "evil" / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="refusing to load .*evil/checkpoint.pt.*pickled"):
+        load_checkpoint(tmp_path / "evil")
+    assert not marker.exists(), "the pickled code must never run"
+
+
+def test_not_a_checkpoint_is_refused_with_the_file_named(tmp_path):
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    with pytest.raises(CheckpointError, match="tensor.pt is not a training checkpoint"):
+        load_checkpoint(tmp_path / "tensor.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "nothing")
+
+
+def test_weight_decay_only_on_weights():
+    net = _small_net()
+    net(torch.zeros(1, 3, 5, 5))  # materialise the lazy layer
+    decay, no_decay = param_groups(net, 1e-4)
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    decayed = {id(p) for p in decay["params"]}
+    for name, param in net.named_parameters():
+        is_weight = name.endswith("weight") and not isinstance(net[int(name.split(".")[0])], nn.BatchNorm2d)
+        assert (id(param) in decayed) == is_weight, name
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_warmup_then_cosine(name):
+    cfg = OptimConfig(name=name, lr=0.1, warmup_epochs=1, warmup_start_factor=0.1, min_lr_ratio=0.01)
+    net = _small_net()
+    net(torch.zeros(1, 3, 5, 5))
+    opt = build_optimizer(net, cfg, lr=0.1)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=10, epochs=5)
+    lrs = []
+    for _ in range(50):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.01)  # warmup starts at start_factor * lr
+    assert max(lrs) == pytest.approx(0.1) and lrs.index(max(lrs)) == 10  # peak right after one epoch
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:11], strict=True))  # rising during warmup
+    assert all(a >= b for a, b in zip(lrs[10:-1], lrs[11:], strict=True))  # falling after
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.01)  # ends at min_lr_ratio
+
+
+def test_gradient_clipping_bounds_the_norm():
+    net = nn.Linear(4, 4)
+    (net(torch.ones(2, 4)) * 1000).sum().backward()
+    before = clip_gradients(net, 1.0)
+    after = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in net.parameters()))
+    assert before > 10 and after == pytest.approx(1.0, rel=1e-4)
+    assert clip_gradients(net, None) is None
+
+
+def test_ema_follows_weights_and_round_trips():
+    net = nn.Linear(2, 1, bias=False)
+    nn.init.zeros_(net.weight)
+    ema = ModelEma(net, decay=0.5, warmup=False)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update(net)
+    ema.update(net)
+    assert torch.allclose(ema.module.weight, torch.full((1, 2), 0.75))  # 0 -> 0.5 -> 0.75
+    other = ModelEma(nn.Linear(2, 1, bias=False), decay=0.5)
+    other.load_state_dict(ema.state_dict())
+    assert other.updates == 2 and torch.equal(other.module.weight, ema.module.weight)
+    assert ModelEma(net, 0.9998, warmup=True).current_decay() == pytest.approx(0.1)  # early updates move fast

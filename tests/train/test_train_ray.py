@@ -1,0 +1,102 @@
+"""End to end through Ray Train (2 DDP workers on CPU, gloo) with MLflow tracking: logging, fault tolerance,
+resume, and a real `mlflow server`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline import ray_train
+from pipeline.config import replace
+from pipeline.training.checkpoint import load_checkpoint
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
+
+
+def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for info in client.list_artifacts(run_id, path):
+        out |= _artifacts(client, run_id, info.path) if info.is_dir else {info.path}
+    return out
+
+
+def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(tiny_config):
+    outcome = ray_train.train(tiny_config)
+    client = MlflowClient(outcome.run.tracking_uri)
+    run = client.get_run(outcome.run.run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["train.epochs"] == "2" and params["ray.num_workers"] == "2" and params["model.variant"] == "lite0"
+    assert params["data.dir"] == str(tiny_config.data.dir)  # paths are logged resolved
+    for key in ("train_loss", "train_class_loss", "train_box_loss", "lr", "images_per_s", "val_AP", "val_AP50"):
+        assert _steps(client, run.info.run_id, key) == [1, 2], key
+    # both DDP ranks trained on their shard: the all-reduced image count is the whole training split
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "train_images")] == [16, 16]
+    assert "best_val_AP50" in run.data.metrics
+    artifacts = _artifacts(client, run.info.run_id)
+    for name in (
+        "config.yaml",
+        "label_map.json",
+        "best_checkpoint/checkpoint.pt",
+        "best_checkpoint/label_map.json",
+        "curves.png",
+        "pr_curve.png",
+        "val_grid.png",
+    ):
+        assert name in artifacts, (name, artifacts)
+    local = Path(client.download_artifacts(run.info.run_id, "best_checkpoint"))
+    best = load_checkpoint(local)
+    assert best.label_map["names"] == ["circle", "square", "triangle"] and best.optimizer is None
+    assert (outcome.run_dir / "epoch_0002").is_dir()  # Ray kept the last epoch checkpoint
+
+
+def test_crashed_worker_is_survived_and_costs_at_most_one_epoch(tiny_config, tmp_path):
+    config = replace(
+        tiny_config,
+        train={"epochs": 3, "fault_marker": str(tmp_path / "fault"), "fault_epoch": 2},
+        ray={"max_failures": 1},
+    )
+    outcome = ray_train.train(config)
+    assert (tmp_path / "fault").exists(), "the fault was injected"
+    assert outcome.last_metrics["epoch"] == 3
+    assert outcome.last_metrics["resumed_from_epoch"] == 1  # the restarted group resumed from epoch 1's checkpoint
+    client = MlflowClient(outcome.run.tracking_uri)
+    assert _steps(client, outcome.run.run_id, "train_loss") == [1, 2, 3]  # epoch 1 was not redone
+    assert client.get_run(outcome.run.run_id).info.status == "FINISHED"
+
+
+def test_stopped_run_resumes_at_next_epoch_in_the_same_mlflow_run(tiny_config, tmp_path):
+    config = replace(
+        tiny_config,
+        train={"epochs": 2, "fault_marker": str(tmp_path / "fault"), "fault_epoch": 2},
+        ray={"max_failures": 0},
+    )
+    with pytest.raises(ray_train.TrainingJobError, match="resume with --resume"):
+        ray_train.train(config)
+    client = MlflowClient(ray_train.tracking.resolve_tracking_uri(config.mlflow.tracking_uri))
+    [failed] = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert failed.info.status == "FAILED"
+
+    outcome = ray_train.train(config, resume=True)
+    assert outcome.run.run_id == failed.info.run_id  # same Ray run (storage_path + name), same MLflow run
+    assert outcome.last_metrics["epoch"] == 2 and outcome.last_metrics["resumed_from_epoch"] == 1
+    assert _steps(client, outcome.run.run_id, "train_loss") == [1, 2]
+    assert client.get_run(outcome.run.run_id).info.status == "FINISHED"
+
+
+def test_run_against_a_real_mlflow_server(tiny_config, mlflow_server):
+    config = replace(tiny_config, mlflow={"tracking_uri": mlflow_server}, train={"epochs": 1})
+    outcome = ray_train.train(config)
+    assert outcome.run.tracking_uri == mlflow_server
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(outcome.run.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "1"
+    assert _steps(client, run.info.run_id, "val_AP50") == [1]
+    assert "best_checkpoint/checkpoint.pt" in _artifacts(client, run.info.run_id)
+    assert outcome.run.url().startswith(mlflow_server + "/#/experiments/")
