@@ -1,0 +1,63 @@
+"""The MLflow model registry for trained detectors: package format, pyfunc model, aliases, lookup, ONNX export.
+
+Names resolve lazily (PEP 562), so `registry list` imports MLflow but not torch; `from pipeline.registry
+import register_from_checkpoint` works as usual. Training calls `register_from_checkpoint` for
+`train --register NAME`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pipeline.registry.errors import (  # noqa: F401 (re-exported; light enough to import eagerly)
+    ArtifactError,
+    ExportError,
+    ImageInputError,
+    PromotionRefused,
+    RegistryError,
+)
+
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "register_from_checkpoint": "from_checkpoint",
+    "model_from_state": "from_checkpoint",
+    "dataset_fingerprint": "metadata",
+    "code_version": "metadata",
+    "measure_latency_ms": "metadata",
+    "ModelPackage": "package",
+    "load_package": "package",
+    "load_package_dir": "package",
+    "write_package": "package",
+    "Detector": "predict",
+    "decode_image": "predict",
+    "draw_detections": "predict",
+    "to_coco_results": "predict",
+    "export_onnx": "export",
+    "ExportReport": "export",
+    "CHAMPION": "registry",
+    "CHALLENGER": "registry",
+    "Decision": "registry",
+    "Registration": "registry",
+    "decide_promotion": "registry",
+    "get_version": "registry",
+    "list_versions": "registry",
+    "load_detector": "registry",
+    "parse_model_ref": "registry",
+    "promote": "registry",
+    "register_model": "registry",
+}
+
+__all__ = sorted([*_EXPORTS, "ArtifactError", "ExportError", "ImageInputError", "PromotionRefused", "RegistryError"])
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pipeline.registry' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"pipeline.registry.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,92 @@
+"""Training's entry into the registry: rebuild the trained network from a checkpoint and register it.
+
+`run_pipeline.py train --register NAME` calls `register_from_checkpoint` at the end of training.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from effdet_core import EfficientDet, create_model
+from pipeline.data import LabelMap
+from pipeline.registry.metadata import pick_metrics
+from pipeline.registry.registry import Registration, register_model
+from pipeline.training.checkpoint import CheckpointError, TrainState, load_checkpoint
+
+WEIGHT_CHOICES = ("best", "last")
+
+
+def model_from_state(state: TrainState, weights: str = "best") -> tuple[EfficientDet, LabelMap]:
+    """The network of a checkpoint with its evaluation weights: the best epoch's (default) or the last epoch's
+    (EMA weights when training used EMA)."""
+    from pipeline.config import ModelConfig
+
+    if weights not in WEIGHT_CHOICES:
+        raise ValueError(f"weights={weights!r} not supported; choose one of {list(WEIGHT_CHOICES)}")
+    try:
+        model_config = ModelConfig(**state.config["model"])
+        label_map = LabelMap.from_dict(state.label_map)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint of epoch {state.epoch}: unusable model config or label map: {e}") from None
+    state_dict = state.best.get("weights") if weights == "best" else None
+    if state_dict is None:
+        state_dict = state.eval_weights()
+    model = create_model(
+        model_config.variant, label_map.num_classes, pretrained_backbone=None, **model_config.overrides()
+    )
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit the configured model: {e}") from None
+    return model.eval(), label_map
+
+
+def checkpoint_metrics(state: TrainState, weights: str = "best") -> dict[str, float]:
+    """The validation metrics that belong to the chosen weights."""
+    if weights == "best" and state.best.get("metrics"):
+        return dict(state.best["metrics"])
+    return dict(state.metrics)
+
+
+def register_from_checkpoint(
+    checkpoint: str | os.PathLike | TrainState,
+    name: str,
+    tracking_uri: str,
+    metrics: Mapping[str, float] | None,
+    dataset_fingerprint: str,
+    run_id: str | None = None,
+    *,
+    weights: str = "best",
+    force: bool = False,
+    measure_latency: bool = True,
+) -> Registration:
+    """Register the model of a training checkpoint (a directory, its checkpoint.pt, or a TrainState) as a new
+    version of `name`; `champion` moves to it only if its val_AP beats the champion's on the same dataset
+    (`dataset_fingerprint`, see `pipeline.registry.dataset_fingerprint`) or with `force`.
+
+    `metrics` are the validation metrics of those weights (None: taken from the checkpoint); `run_id` links
+    the logged model to the training run. Everything is checked before the model is built or logged.
+    """
+    from pipeline.tracking import check_tracking_store
+
+    state = checkpoint if isinstance(checkpoint, TrainState) else load_checkpoint(checkpoint)
+    metrics = dict(metrics) if metrics is not None else checkpoint_metrics(state, weights)
+    pick_metrics(metrics)  # val_AP / val_AP50 present
+    if not dataset_fingerprint:
+        raise ValueError("dataset_fingerprint is required: champion only moves between comparable evaluations")
+    check_tracking_store(tracking_uri)
+    model, label_map = model_from_state(state, weights)
+    extra = {"source_epoch": str(state.best.get("epoch", state.epoch) if weights == "best" else state.epoch)}
+    return register_model(
+        model,
+        label_map,
+        name,
+        tracking_uri,
+        metrics,
+        dataset_fingerprint,
+        run_id=run_id,
+        force=force,
+        extra_tags=extra,
+        measure_latency=measure_latency,
+    )

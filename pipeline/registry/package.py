@@ -1,0 +1,179 @@
+"""The registered model's artifact layout and its safe loader: weights (safetensors), model config (JSON) and
+label map (JSON), rebuilt into an `effdet_core` network with no pickled code anywhere.
+
+Layout of one model package (the three files are the pyfunc model's `artifacts`)::
+
+    model.safetensors   state_dict of effdet_core.EfficientDet
+    model_config.json   {"format_version", "model": asdict(EfficientDetConfig), "num_classes", "postprocess"}
+    label_map.json      pipeline.data.LabelMap.to_dict()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from effdet_core import EfficientDet, EfficientDetConfig, PostprocessConfig, create_model
+from pipeline.data import LabelMap
+from pipeline.registry.errors import ArtifactError
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+LABEL_MAP_FILE = "label_map.json"
+# pyfunc artifact key -> file name; the keys are what `PythonModelContext.artifacts` holds at load time
+ARTIFACT_FILES: dict[str, str] = {"weights": WEIGHTS_FILE, "model_config": CONFIG_FILE, "label_map": LABEL_MAP_FILE}
+FORMAT_VERSION = 1
+CONFIG_KEYS = ("format_version", "model", "num_classes", "postprocess")
+# JSON has no tuples: these EfficientDetConfig fields are tuples (of tuples) and are converted back on load
+_TUPLE_FIELDS = ("image_size", "aspect_ratios", "mean", "std", "backbone_out_indices")
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A loaded, validated model package: the network in eval mode plus what is needed to use it."""
+
+    model: EfficientDet
+    label_map: LabelMap
+    postprocess: PostprocessConfig
+
+    @property
+    def config(self) -> EfficientDetConfig:
+        return self.model.config
+
+
+def config_dict(model: EfficientDet, postprocess: PostprocessConfig | None = None) -> dict[str, Any]:
+    """The JSON-ready model config of `model` (the resolved EfficientDetConfig, not a variant name)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": dataclasses.asdict(model.config),
+        "num_classes": int(model.num_classes),
+        "postprocess": dataclasses.asdict(postprocess or PostprocessConfig()),
+    }
+
+
+def write_package(
+    model: EfficientDet, label_map: LabelMap, out_dir: str | os.PathLike, postprocess: PostprocessConfig | None = None
+) -> dict[str, str]:
+    """Write the three artifact files into `out_dir`; returns {artifact key: path} for the pyfunc `artifacts`."""
+    from safetensors.torch import save_file
+
+    if label_map.num_classes != model.num_classes:
+        raise ValueError(f"label map has {label_map.num_classes} classes but the model {model.num_classes}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # contiguous CPU clones: safetensors refuses shared or strided storage
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt", "num_classes": str(model.num_classes)})
+    (out / CONFIG_FILE).write_text(json.dumps(config_dict(model, postprocess), indent=2), encoding="utf-8")
+    (out / LABEL_MAP_FILE).write_text(json.dumps(label_map.to_dict(), indent=2), encoding="utf-8")
+    return {key: str(out / name) for key, name in ARTIFACT_FILES.items()}
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise ArtifactError(f"model artifact {path} is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"model artifact {path} is not valid JSON: {e}") from None
+
+
+def _check_keys(path: Path, section: str, data: Any, valid: list[str], required: list[str]) -> None:
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: {section} must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ArtifactError(f"{path}: unknown {section} key(s) {unknown}; valid keys: {sorted(valid)}")
+    missing = sorted(set(required) - set(data))
+    if missing:
+        raise ArtifactError(f"{path}: {section} is missing key(s) {missing}")
+
+
+def read_model_config(path: str | os.PathLike) -> tuple[EfficientDetConfig, int, PostprocessConfig]:
+    """Parse and validate `model_config.json`; every key is checked before anything is built."""
+    path = Path(path)
+    data = _read_json(path)
+    _check_keys(path, "model config", data, list(CONFIG_KEYS), list(CONFIG_KEYS))
+    if data["format_version"] != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: format_version {data['format_version']!r} unsupported (reads {FORMAT_VERSION})")
+    fields = dataclasses.fields(EfficientDetConfig)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    _check_keys(path, "'model'", data["model"], [f.name for f in fields], required)
+    post_fields = [f.name for f in dataclasses.fields(PostprocessConfig)]
+    _check_keys(path, "'postprocess'", data["postprocess"], post_fields, [])
+    num_classes = data["num_classes"]
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ArtifactError(f"{path}: num_classes must be a positive integer, got {num_classes!r}")
+    model_cfg = {k: _to_tuple(v) if k in _TUPLE_FIELDS else v for k, v in data["model"].items()}
+    try:
+        return EfficientDetConfig(**model_cfg), num_classes, PostprocessConfig(**data["postprocess"])
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(f"{path}: invalid model config: {e}") from None
+
+
+def _to_tuple(value: Any) -> Any:
+    return tuple(_to_tuple(v) for v in value) if isinstance(value, list) else value
+
+
+def read_label_map(path: str | os.PathLike, num_classes: int) -> LabelMap:
+    path = Path(path)
+    data = _read_json(path)
+    try:
+        label_map = LabelMap.from_dict(data)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ArtifactError(f"{path}: invalid label map: {e}") from None
+    if label_map.num_classes != num_classes:
+        raise ArtifactError(f"{path}: {label_map.num_classes} labels but the model config says {num_classes} classes")
+    return label_map
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load safetensors weights into `model`, refusing missing/unexpected keys and wrong shapes or dtypes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"model artifact {path} is missing")
+    try:
+        weights = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: not a readable safetensors file: {e}") from None
+    expected = model.state_dict()
+    problems = [f"missing tensor {k!r}" for k in expected if k not in weights]
+    problems += [f"unexpected tensor {k!r}" for k in weights if k not in expected]
+    for key in expected.keys() & weights.keys():
+        want, got = expected[key], weights[key]
+        if want.shape != got.shape or want.dtype != got.dtype:
+            problems.append(
+                f"tensor {key!r} is {tuple(got.shape)} {got.dtype}, the config needs {tuple(want.shape)} {want.dtype}"
+            )
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ArtifactError(f"{path}: weights do not match the model config: {'; '.join(problems[:5])}{more}")
+    model.load_state_dict(weights, strict=True)
+
+
+def load_package(
+    weights: str | os.PathLike, model_config: str | os.PathLike, label_map: str | os.PathLike
+) -> ModelPackage:
+    """Rebuild the network from `effdet_core` and load the weights; config and label map are validated first."""
+    config, num_classes, postprocess = read_model_config(model_config)
+    labels = read_label_map(label_map, num_classes)
+    if not Path(weights).is_file():  # before the (slow) model build
+        raise ArtifactError(f"model artifact {weights} is missing")
+    model = create_model(config, num_classes, pretrained_backbone=None)
+    load_weights(model, weights)
+    return ModelPackage(model=model.eval(), label_map=labels, postprocess=postprocess)
+
+
+def load_package_dir(directory: str | os.PathLike) -> ModelPackage:
+    """`load_package` of a directory holding the three files (e.g. a downloaded `artifacts/` folder)."""
+    d = Path(directory)
+    return load_package(d / WEIGHTS_FILE, d / CONFIG_FILE, d / LABEL_MAP_FILE)

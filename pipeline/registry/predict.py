@@ -1,0 +1,150 @@
+"""Images -> detections with a registered model, in original image coordinates, and boxes drawn on images.
+
+Preprocessing is the pipeline's evaluation transform (`pipeline.data.DetectionTransform(train=False)`: resize
+the longest side to fit, pad bottom/right, normalise with model.config.mean/std), so a registered model sees
+exactly what validation saw during training; boxes are mapped back with `pipeline.data.to_original_coordinates`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from effdet_core import EfficientDetForPrediction
+from pipeline.data import DetectionTransform, LabelMap, to_original_coordinates
+from pipeline.registry.errors import ImageInputError
+from pipeline.registry.package import ModelPackage
+
+# An image: a file path, encoded file bytes (PNG, JPEG, ...), or a uint8 array [h, w, 3] RGB ([h, w] grey)
+ImageInput = str | os.PathLike | bytes | bytearray | np.ndarray
+Detection = dict[str, Any]  # {"image_id", "box" [x1,y1,x2,y2] original px, "score", "label", "category_id"}
+
+
+def decode_image(image: ImageInput, index: int = 0) -> np.ndarray:
+    """Any accepted image form -> uint8 [h, w, 3] RGB."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=2)
+        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8 or min(array.shape[:2]) < 1:
+            raise ImageInputError(
+                f"image {index}: arrays must be uint8 [h, w, 3] RGB, got {array.dtype} {list(image.shape)}"
+            )
+        return np.ascontiguousarray(array)
+    if isinstance(image, bytes | bytearray):
+        source, what = io.BytesIO(bytes(image)), f"{len(image)} encoded bytes"
+    elif isinstance(image, str | os.PathLike):
+        source, what = Path(image), f"file {os.fspath(image)!r}"
+        if not source.is_file():
+            raise ImageInputError(f"image {index}: {what} does not exist")
+    else:
+        raise ImageInputError(f"image {index}: expected a path, bytes or uint8 array, got {type(image).__name__}")
+    try:
+        with Image.open(source) as f:
+            return np.asarray(f.convert("RGB"))
+    except Exception as e:  # PIL raises many types for undecodable data
+        raise ImageInputError(f"image {index}: cannot decode {what}: {e}") from None
+
+
+@dataclass
+class Detector:
+    """A model package ready for inference: eval transform + network + NMS + label names."""
+
+    package: ModelPackage
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        config = self.package.config
+        self.transform = DetectionTransform(config.image_size, mean=config.mean, std=config.std, train=False)
+        self.predictor = EfficientDetForPrediction(self.package.model, self.package.postprocess).eval()
+
+    @property
+    def label_map(self) -> LabelMap:
+        return self.package.label_map
+
+    def preprocess(self, image: np.ndarray, image_id: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """uint8 [h, w, 3] -> normalised [3, H, W] and the target-like dict `to_original_coordinates` reads."""
+        tensor, _, _, scale = self.transform(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
+        return tensor, {"image_id": int(image_id), "scale": float(scale), "orig_size": image.shape[:2]}
+
+    @torch.no_grad()
+    def predict_arrays(self, images: Sequence[np.ndarray], image_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Evaluation-format predictions (`pipeline.evaluation.evaluate_coco` input), one per image."""
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(images), self.batch_size):
+            batch = [
+                self.preprocess(img, i)
+                for img, i in zip(
+                    images[start : start + self.batch_size], image_ids[start : start + self.batch_size], strict=True
+                )
+            ]
+            tensors = torch.stack([t for t, _ in batch])  # [B, 3, H, W]
+            out.extend(to_original_coordinates(self.predictor(tensors), [meta for _, meta in batch]))
+        return out
+
+    def predict(self, images: Sequence[ImageInput], image_ids: Sequence[int] | None = None) -> list[Detection]:
+        """Detections of every image as flat records, sorted by image then decreasing score."""
+        ids = list(range(len(images))) if image_ids is None else [int(i) for i in image_ids]
+        if len(ids) != len(images):
+            raise ValueError(f"{len(images)} images but {len(ids)} image ids")
+        arrays = [decode_image(image, k) for k, image in enumerate(images)]  # all decoded before any inference
+        return self.to_records(self.predict_arrays(arrays, ids))
+
+    def to_records(self, predictions: Sequence[dict[str, Any]]) -> list[Detection]:
+        records = []
+        for pred in predictions:
+            for box, score, label in zip(
+                pred["boxes"].tolist(), pred["scores"].tolist(), pred["labels"].tolist(), strict=True
+            ):
+                if box[2] <= box[0] or box[3] <= box[1]:
+                    continue  # a box that lay wholly in the padding: clipped to the image it has no area
+                records.append(
+                    {
+                        "image_id": int(pred["image_id"]),
+                        "box": [float(v) for v in box],
+                        "score": float(score),
+                        "label": self.label_map.names[int(label)],
+                        "category_id": self.label_map.label_to_category_id(int(label)),
+                    }
+                )
+        return records
+
+
+def to_coco_results(detections: Sequence[Detection]) -> list[dict[str, Any]]:
+    """Flat detections -> COCO results format ``{"image_id", "category_id", "bbox" [x, y, w, h], "score"}``."""
+    return [
+        {
+            "image_id": d["image_id"],
+            "category_id": d["category_id"],
+            "bbox": [d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1]],
+            "score": d["score"],
+        }
+        for d in detections
+    ]
+
+
+def draw_detections(image: np.ndarray, detections: Sequence[Detection], out_path: str | os.PathLike) -> Path:
+    """Write `image` with each detection's box and "label score" drawn on it."""
+    from PIL import Image, ImageDraw
+
+    palette = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
+    canvas = Image.fromarray(image).convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    for det in detections:
+        color = palette[det["category_id"] % len(palette)]
+        x1, y1, x2, y2 = det["box"]
+        draw.rectangle([x1, y1, x2, y2], outline=color, width=2)
+        draw.text((x1 + 2, max(0.0, y1 - 11)), f"{det['label']} {det['score']:.2f}", fill=color)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out
