@@ -15,6 +15,9 @@ SUBCOMMANDS: dict[str, str] = {
     "models": "pipeline.cli.models",
     "data": "pipeline.cli.data",
     "train": "pipeline.cli.train",
+    "registry": "pipeline.cli.registry",
+    "evaluate": "pipeline.cli.evaluate",
+    "predict": "pipeline.cli.predict",
 }
 DEFAULT_COMMAND = ["models"]
 

@@ -1,0 +1,149 @@
+"""`run_pipeline.py registry list|show|promote|export`: browse the MLflow model registry, move aliases, export.
+
+Also holds the small helpers the `evaluate` and `predict` subcommands share (tracking URI option, errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import UTC
+
+
+def add_tracking_uri(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; made absolute)",
+    )
+
+
+def tracking_uri(args: argparse.Namespace) -> str:
+    from pipeline.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(args.tracking_uri)
+
+
+def guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Expected user errors print one `error:` line and exit 1 instead of a traceback."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        from pipeline.registry.errors import ExportError, RegistryError
+        from pipeline.tracking import TrackingError
+
+        try:
+            return run(args)
+        # ValueError covers DatasetError, ArtifactError, ImageInputError and bad arguments; importing their
+        # modules here would load torch for every subcommand
+        except (RegistryError, ExportError, TrackingError, ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+
+    return wrapper
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("registry", help="registered models: list, show, promote, export")
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    actions = parser.add_subparsers(dest="registry_command", metavar="ACTION")
+
+    list_ = actions.add_parser("list", help="registered versions with aliases and key tags")
+    list_.add_argument("name", nargs="?", help="only this registered model")
+    list_.set_defaults(func=guarded(_list))
+
+    show = actions.add_parser("show", help="one version: aliases, tags, source")
+    show.add_argument("ref", help="NAME (= NAME@champion), NAME@ALIAS or NAME/VERSION, optionally models:/...")
+    show.set_defaults(func=guarded(_show))
+
+    promote = actions.add_parser("promote", help="point an alias (default champion) at a version")
+    promote.add_argument("name")
+    promote.add_argument("version")
+    promote.add_argument("--alias", default="champion")
+    promote.add_argument("--force", action="store_true", help="promote even if not better / other dataset")
+    promote.set_defaults(func=guarded(_promote))
+
+    export = actions.add_parser("export", help="export the network to ONNX, checked against PyTorch")
+    export.add_argument("ref", help="NAME@ALIAS or NAME/VERSION, optionally models:/...")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--out", required=True, help="output .onnx file")
+    export.add_argument("--opset", type=int, default=18)
+    export.set_defaults(func=guarded(_export))
+
+    for sub in (list_, show, promote, export):
+        add_tracking_uri(sub)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from pipeline.registry.registry import aliases_by_version, list_versions
+
+    uri = tracking_uri(args)
+    versions = list_versions(uri, args.name)
+    if not versions:
+        print(f"no registered models in {uri}")
+        return 0
+    aliases = {name: aliases_by_version(uri, name) for name in {v.name for v in versions}}
+    print(
+        f"{'name':<20} {'ver':>4} {'aliases':<20} {'val_AP':>7} {'AP50':>7} {'variant':<8} {'size':>9} "
+        f"{'params':>8} {'GMACs':>6} {'ms':>7} {'dataset':<16}"
+    )
+    for v in versions:
+        t = v.tags
+        print(
+            f"{v.name:<20} {v.version:>4} {','.join(aliases[v.name].get(str(v.version), [])) or '-':<20} "
+            f"{_num(t.get('val_AP')):>7} {_num(t.get('val_AP50')):>7} {t.get('variant', '?'):<8} "
+            f"{t.get('image_size', '?'):>9} {_scaled(t.get('params'), 1e6, 'M'):>8} "
+            f"{_scaled(t.get('flops'), 1e9, ''):>6} {t.get('latency_ms', '-'):>7} "
+            f"{t.get('dataset_fingerprint', '-'):<16}"
+        )
+    return 0
+
+
+def _num(value: str | None) -> str:
+    return f"{float(value):.4f}" if value else "-"
+
+
+def _scaled(value: str | None, unit: float, suffix: str) -> str:
+    return f"{int(value) / unit:.2f}{suffix}" if value else "-"
+
+
+def _show(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from pipeline.registry.registry import aliases_by_version, get_version
+
+    uri = tracking_uri(args)
+    v = get_version(uri, args.ref)
+    created = datetime.fromtimestamp(v.creation_timestamp / 1000, tz=UTC).isoformat(timespec="seconds")
+    print(f"model:    {v.name}")
+    print(f"version:  {v.version}  (models:/{v.name}/{v.version})")
+    print(f"aliases:  {', '.join(aliases_by_version(uri, v.name).get(str(v.version), [])) or '-'}")
+    print(f"status:   {v.status}, created {created}")
+    print(f"source:   {v.source}" + (f"  (run {v.run_id})" if v.run_id else ""))
+    print("tags:")
+    for key in sorted(v.tags):
+        print(f"  {key:<20} {v.tags[key]}")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from pipeline.registry import PromotionRefused, promote
+
+    try:
+        decision = promote(tracking_uri(args), args.name, args.version, alias=args.alias, force=args.force)
+    except PromotionRefused as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.name}@{args.alias} -> version {args.version} ({decision.reason})")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pipeline.registry import export_onnx, load_detector
+
+    detector, version = load_detector(tracking_uri(args), args.ref)
+    report = export_onnx(detector.package.model, args.out, opset=args.opset)
+    diffs = ", ".join(f"{k} {v:.2e}" for k, v in report.max_abs_diff.items())
+    print(f"exported {version.name} version {version.version} to {report.path}")
+    print(f"onnxruntime matches PyTorch for batch sizes {list(report.batch_sizes_checked)} (max |diff|: {diffs})")
+    return 0
