@@ -134,7 +134,8 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
     artifact_location = None
     if tracking_uri.startswith(SQLITE_PREFIX):
         # keep artifacts beside the database, so `mlflow ui` works from any directory
-        artifact_location = Path(tracking_uri[len(SQLITE_PREFIX) :]).parent.joinpath("mlruns").as_uri()
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        artifact_location = Path(tracking_uri[len(SQLITE_PREFIX) :]).parent.joinpath("mlruns", safe).as_uri()
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # created concurrently by another process: read it back

@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "evaluate": "pipeline.cli.evaluate",
     "predict": "pipeline.cli.predict",
 }
-DEFAULT_COMMAND = ["models"]
+DEFAULT_COMMAND = ["train"]  # the main job: `python run_pipeline.py` trains on the demo dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
