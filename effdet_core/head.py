@@ -38,12 +38,14 @@ class HeadNet(nn.Module):
         )
         self.act = make_act(act)
         self.predict = SeparableConv(width, num_anchors * outputs_per_anchor)
-        nn.init.normal_(self.predict.pw.weight, std=0.01)
+        # Official init: fan-in variance scaling for every head conv; class logits start at the prior (0.01)
+        # so the many easy negatives do not swamp early training.
+        for conv in [*self.convs, self.predict]:
+            for weight in (conv.dw.weight, conv.pw.weight):
+                nn.init.normal_(weight, std=math.sqrt(1.0 / weight[0].numel()))  # fan_in = in/groups * k * k
+            nn.init.zeros_(conv.pw.bias)
         if prior_probability is not None:
-            # Class logits start at the prior (0.01) so the many easy negatives do not swamp early training.
             nn.init.constant_(self.predict.pw.bias, -math.log((1 - prior_probability) / prior_probability))
-        else:
-            nn.init.zeros_(self.predict.pw.bias)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         outputs = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -65,16 +66,25 @@ class EfficientDet(nn.Module):
         }
         self.class_head = HeadNet(outputs_per_anchor=num_classes, prior_probability=PRIOR_PROBABILITY, **head)
         self.box_head = HeadNet(outputs_per_anchor=4, **head)
-        for module in (self.class_head, self.box_head):
-            for conv in module.convs:
-                nn.init.normal_(conv.dw.weight, std=0.01)
-                nn.init.normal_(conv.pw.weight, std=0.01)
-                nn.init.zeros_(conv.pw.bias)
+        _init_feature_network(self.neck)
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         check_image_size(images, self.config)
         features = self.neck(self.backbone(images))
         return self.class_head(features), self.box_head(features)
+
+
+def _init_feature_network(neck: nn.Module) -> None:
+    """Official init of the feature network: Glorot-uniform convs (depthwise fan counted per group), zero bias."""
+    for module in neck.modules():
+        if isinstance(module, nn.Conv2d):
+            receptive = module.kernel_size[0] * module.kernel_size[1]
+            fan_in = module.in_channels // module.groups * receptive
+            fan_out = module.out_channels // module.groups * receptive
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            nn.init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 def check_image_size(images: torch.Tensor, config: EfficientDetConfig) -> None:
