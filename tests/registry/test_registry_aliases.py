@@ -1,0 +1,127 @@
+"""Registered versions, their tags, the champion/challenger aliases, lookup by alias and by version, and the
+`registry list/show/promote` commands (run in-process through the CLI's `main`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.registry import (
+    CHALLENGER,
+    CHAMPION,
+    PromotionRefused,
+    RegistryError,
+    decide_promotion,
+    get_version,
+    parse_model_ref,
+    promote,
+)
+from pipeline.registry.registry import aliases_by_version, client
+
+
+def test_champion_moves_only_to_a_better_version(registry):
+    first, worse, better = registry.registrations
+    assert [r.version for r in registry.registrations] == ["1", "2", "3"]
+    assert first.aliases == (CHAMPION,) and first.decision.promote
+    assert worse.aliases == (CHALLENGER,) and not worse.decision.promote
+    assert "does not beat" in worse.decision.reason
+    assert better.aliases == (CHAMPION,) and better.decision.promote
+    # aliases are unique per model in MLflow: champion on v3, challenger on v2, v1 retired
+    assert aliases_by_version(registry.uri, registry.name) == {"3": [CHAMPION], "2": [CHALLENGER]}
+
+
+def test_lookup_by_alias_and_by_version(registry):
+    champion = get_version(registry.uri, f"models:/{registry.name}@champion")
+    assert str(champion.version) == "3"
+    assert str(get_version(registry.uri, registry.name).version) == "3"  # a bare name means the champion
+    assert str(get_version(registry.uri, f"{registry.name}@challenger").version) == "2"
+    for version, ap in registry.aps.items():
+        mv = get_version(registry.uri, f"models:/{registry.name}/{version}")
+        assert str(mv.version) == version and float(mv.tags["val_AP"]) == pytest.approx(ap)
+    with pytest.raises(RegistryError, match=r"no version 9; versions: \[1, 2, 3\]"):
+        get_version(registry.uri, f"{registry.name}/9")
+    with pytest.raises(RegistryError, match="no alias 'production'"):
+        get_version(registry.uri, f"{registry.name}@production")
+    with pytest.raises(RegistryError, match=r"no registered model 'nope'.*\['shapes'\]"):
+        get_version(registry.uri, "nope@champion")
+
+
+def test_version_tags_describe_the_model(registry):
+    tags = get_version(registry.uri, f"{registry.name}/1").tags
+    assert tags["variant"] == "lite0" and tags["backbone"] == "tf_efficientnet_lite0"
+    assert (tags["image_size"], tags["fpn_channels"], tags["fpn_repeats"], tags["head_repeats"]) == (
+        "128x128",
+        "32",
+        "1",
+        "1",
+    )
+    assert int(tags["params"]) > 1_000_000 and int(tags["flops"]) > 10_000_000
+    assert float(tags["latency_ms"]) > 0 and tags["latency_device"]
+    assert tags["dataset_fingerprint"] == registry.fingerprint
+    assert float(tags["val_AP50"]) == pytest.approx(2 * registry.aps["1"])
+    assert tags["code_version"] != "" and tags["source_epoch"] == "2"
+    assert "latency_ms" not in get_version(registry.uri, f"{registry.name}/2").tags  # measure_latency=False
+
+
+def test_promote_guards_champion_and_force_overrides(registry):
+    with pytest.raises(PromotionRefused, match="does not beat"):
+        promote(registry.uri, registry.name, "2")
+    assert str(get_version(registry.uri, f"{registry.name}@champion").version) == "3"
+    try:
+        assert promote(registry.uri, registry.name, "2", force=True).reason == "forced"
+        assert str(get_version(registry.uri, f"{registry.name}@champion").version) == "2"
+    finally:  # v3 beats v2 on the same dataset, so it may take the alias back without force
+        assert promote(registry.uri, registry.name, "3").promote
+    assert str(get_version(registry.uri, f"{registry.name}@champion").version) == "3"
+
+
+def test_decide_promotion_compares_only_the_same_dataset():
+    champion = {"val_AP": "0.3", "dataset_fingerprint": "aaa"}
+    assert decide_promotion({"val_AP": "0.4", "dataset_fingerprint": "aaa"}, champion).promote
+    assert not decide_promotion({"val_AP": "0.3", "dataset_fingerprint": "aaa"}, champion).promote  # a tie
+    other_data = decide_promotion({"val_AP": "0.9", "dataset_fingerprint": "bbb"}, champion)
+    assert not other_data.promote and "different dataset" in other_data.reason
+    assert decide_promotion({"val_AP": "0.9", "dataset_fingerprint": "bbb"}, champion, force=True).promote
+    assert not decide_promotion({"dataset_fingerprint": "aaa"}, champion).promote
+    assert decide_promotion({"val_AP": "0.0"}, None).promote  # the first version always becomes champion
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("models:/m@champion", ("m", "champion", None)),
+        ("models:/m/12", ("m", None, "12")),
+        ("m@staging", ("m", "staging", None)),
+        ("m", ("m", "champion", None)),
+    ],
+)
+def test_parse_model_ref(ref, expected):
+    assert parse_model_ref(ref) == expected
+
+
+def test_parse_model_ref_rejects_garbage():
+    with pytest.raises(ValueError, match="not understood"):
+        parse_model_ref("models:/m/x/y")
+
+
+def test_registry_cli_list_show_promote(registry, capsys):
+    assert main(["registry", "list", "--tracking-uri", registry.uri]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("shapes", "3", "champion"),
+        ("shapes", "2", "challenger"),
+        ("shapes", "1", "-"),
+    ]
+    assert main(["registry", "show", f"{registry.name}@champion", "--tracking-uri", registry.uri]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "version:  3" in out and "aliases:  champion" in out and f"dataset_fingerprint  {registry.fingerprint}" in out
+    )
+    assert main(["registry", "promote", registry.name, "1", "--tracking-uri", registry.uri]) == 1
+    assert "refused" in capsys.readouterr().err
+    assert main(["registry", "show", f"{registry.name}/7", "--tracking-uri", registry.uri]) == 1
+    assert "no version 7" in capsys.readouterr().err
+    # an unguarded alias moves freely
+    assert main(["registry", "promote", registry.name, "1", "--alias", "baseline", "--tracking-uri", registry.uri]) == 0
+    assert str(get_version(registry.uri, f"{registry.name}@baseline").version) == "1"
+    client(registry.uri).delete_registered_model_alias(registry.name, "baseline")
