@@ -185,6 +185,18 @@ def alias_version(tracking_uri: str, name: str, alias: str):
         return None
 
 
+def _ensure_registered_model(c, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        try:
+            c.create_registered_model(name, description="EfficientDet detector (pipeline.registry)")
+        except MlflowException:  # created concurrently by another process
+            c.get_registered_model(name)
+
+
 def register_model(
     model: EfficientDet,
     label_map: LabelMap,
@@ -204,7 +216,6 @@ def register_model(
     `metrics` needs val_AP and val_AP50 (or AP / AP50) on the validation set whose `dataset_fingerprint` is given.
     The new version gets `challenger` when it does not become champion.
     """
-    import mlflow
 
     from pipeline.registry.metadata import code_version, model_tags, pick_metrics
 
@@ -221,11 +232,14 @@ def register_model(
     if run_id:
         tags["run_id"] = run_id
     model_id = log_detector(model, label_map, tracking_uri, run_id=run_id, postprocess=postprocess)
+    c = client(tracking_uri)
+    _ensure_registered_model(c, name)
+    # the client call (not mlflow.register_model) records both the logged model id and the source run; MLflow
+    # resolves the models:/ source through the global URI, hence the context
     with using_tracking_uri(tracking_uri):
-        version = mlflow.register_model(f"models:/{model_id}", name, tags=tags)
+        version = c.create_model_version(name, f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id)
     champion = alias_version(tracking_uri, name, CHAMPION)
     decision = decide_promotion(tags, dict(champion.tags) if champion else None, force)
-    c = client(tracking_uri)
     alias = CHAMPION if decision.promote else CHALLENGER
     c.set_registered_model_alias(name, alias, version.version)
     return Registration(name, str(version.version), f"models:/{name}/{version.version}", (alias,), decision)

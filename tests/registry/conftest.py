@@ -62,6 +62,7 @@ class RegistryFixture:
     dataset: Path
     fingerprint: str
     registrations: list  # pipeline.registry.Registration of versions 1, 2, 3
+    training_run: str  # the run version 2 was logged into
     name: str = MODEL_NAME
     aps: dict[str, float] = field(default_factory=lambda: dict(VERSION_APS))  # version -> registered val_AP
 
@@ -74,6 +75,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> RegistryFixture:
     from pipeline.registry import dataset_fingerprint, register_from_checkpoint, register_model
+    from pipeline.registry.registry import client, ensure_experiment
     from pipeline.training.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("mlflow")
@@ -83,15 +85,24 @@ def registry(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Registr
     checkpoint_dir = root / "checkpoint"
     save_checkpoint(tiny_state(seed=1, ap=VERSION_APS["1"]), checkpoint_dir)
     registrations = [register_from_checkpoint(checkpoint_dir, MODEL_NAME, uri, None, fingerprint)]
-    for version in ("2", "3"):
+    # version 2 logged into an existing (training) run, as `train --register` does
+    training_run = client(uri).create_run(ensure_experiment(uri, "training"), run_name="train").info.run_id
+    for version, run_id in (("2", training_run), ("3", None)):
         ap = VERSION_APS[version]
         metrics = {"val_AP": ap, "val_AP50": 2 * ap}
         registrations.append(
             register_model(
-                tiny_model(int(version)), LABEL_MAP, MODEL_NAME, uri, metrics, fingerprint, measure_latency=False
+                tiny_model(int(version)),
+                LABEL_MAP,
+                MODEL_NAME,
+                uri,
+                metrics,
+                fingerprint,
+                run_id=run_id,
+                measure_latency=False,
             )
         )
-    return RegistryFixture(root, uri, dataset, fingerprint, registrations)
+    return RegistryFixture(root, uri, dataset, fingerprint, registrations, training_run)
 
 
 def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

@@ -46,6 +46,18 @@ def test_lookup_by_alias_and_by_version(registry):
         get_version(registry.uri, "nope@champion")
 
 
+def test_a_version_logged_into_a_training_run_links_to_it(registry):
+    c = client(registry.uri)
+    linked = get_version(registry.uri, f"{registry.name}/2")
+    assert linked.run_id == registry.training_run and linked.tags["run_id"] == registry.training_run
+    # the SQL store keeps the logged model id in the version's source (models:/<model id>), not in model_id
+    logged_model = c.get_logged_model(linked.model_id or linked.source.removeprefix("models:/"))
+    assert logged_model.source_run_id == registry.training_run
+    assert logged_model.experiment_id == c.get_run(registry.training_run).info.experiment_id
+    assert c.get_run(registry.training_run).info.status == "RUNNING"  # registering does not end training's run
+    assert get_version(registry.uri, f"{registry.name}/3").run_id in (None, "")
+
+
 def test_version_tags_describe_the_model(registry):
     tags = get_version(registry.uri, f"{registry.name}/1").tags
     assert tags["variant"] == "lite0" and tags["backbone"] == "tf_efficientnet_lite0"
