@@ -48,7 +48,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from pipeline.training.inputs import build_loaders
-    from pipeline.training.loop import build_trainer, run_epochs
+    from pipeline.training.loop import build_trainer, make_state, run_epochs
 
     config = from_dict(loop_config["config"])
     run = tracking.RunHandle(**loop_config["run"]) if loop_config.get("run") else None
@@ -86,8 +86,6 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:  # one copy of the (identical) DDP state is enough
-                from pipeline.training.loop import make_state
-
                 save_checkpoint(make_state(trainer, epoch, metrics), tmp)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             # a barrier: every rank reports once per epoch, with metrics already all-reduced
@@ -228,12 +226,29 @@ def prepare(config: PipelineConfig, resume: bool = False) -> tuple[PipelineConfi
 def train(config: PipelineConfig, resume: bool = False) -> TrainOutcome:
     """The whole job on Ray: checks, MLflow run, distributed training, final evaluation and artifacts."""
     import ray
-    from ray.train import TrainingFailedError
 
     start = time.perf_counter()
     config, uri, name, label_map = prepare(config, resume)
-    run = _mlflow_run(config, uri, name, label_map, resume)
     started_ray = _init_ray(config)
+    try:
+        run = _mlflow_run(config, uri, name, label_map, resume)
+        last = _fit(config, name, run)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    try:
+        report = _finish(config, run, last, name)
+    except BaseException:
+        tracking.end_run(run, "FAILED")
+        raise
+    wall = time.perf_counter() - start
+    return TrainOutcome(name, Path(config.ray.storage_path) / name, run, report, dict(last.metrics), wall)
+
+
+def _fit(config: PipelineConfig, name: str, run: tracking.RunHandle):
+    """Fit the TorchTrainer; the MLflow run's status follows a failure or an interruption."""
+    from ray.train import TrainingFailedError
+
     try:
         result = _trainer(config, name, run).fit()
     except TrainingFailedError as e:
@@ -242,19 +257,11 @@ def train(config: PipelineConfig, resume: bool = False) -> TrainOutcome:
             f"training failed after ray.max_failures={config.ray.max_failures} restarts: {e}\n"
             f"the last epoch checkpoint is kept: resume with --resume (run {name!r} in {config.ray.storage_path})"
         ) from e
-    finally:
-        if started_ray:
-            ray.shutdown()
+    except KeyboardInterrupt:
+        tracking.end_run(run, "KILLED")
+        raise
     with result.checkpoint.as_directory() as directory:
-        last = load_checkpoint(directory)
-    return TrainOutcome(
-        name,
-        Path(config.ray.storage_path) / name,
-        run,
-        _finish(config, run, last, name),
-        dict(last.metrics),
-        time.perf_counter() - start,
-    )
+        return load_checkpoint(directory)
 
 
 def _finish(config: PipelineConfig, run: tracking.RunHandle, last, name: str) -> FinalReport:

@@ -53,6 +53,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def unused_port() -> int:
+    """A local port nothing listens on (for an unreachable tracking server)."""
+    return free_port()
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """16 train + 8 val images of 128 px, written once per session."""

@@ -10,8 +10,6 @@ from pipeline import ray_train
 from pipeline.config import replace
 from pipeline.tracking import TrackingError, check_tracking_store, resolve_tracking_uri, ui_hint
 
-from .conftest import free_port
-
 
 def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -36,8 +34,8 @@ def test_sqlite_in_missing_directory_is_reported(tmp_path):
         check_tracking_store(f"sqlite:///{tmp_path}/no/such/dir/mlflow.db")
 
 
-def test_unreachable_server_stops_the_job_before_training(tiny_config):
-    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+def test_unreachable_server_stops_the_job_before_training(tiny_config, unused_port):
+    uri = f"http://127.0.0.1:{unused_port}"  # nothing listens there
     config = replace(tiny_config, mlflow={"tracking_uri": uri})
     start = time.perf_counter()
     with pytest.raises(TrackingError, match=f"MLflow tracking server {uri} is unreachable"):
