@@ -19,6 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--score-threshold", type=float, default=0.3, help="keep detections scoring at least this (default 0.3)"
     )
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--show", type=int, default=5, help="detections printed per image (all go to the JSON)")
     add_tracking_uri(parser)
     parser.set_defaults(func=guarded(run))
 
@@ -49,12 +50,7 @@ def run(args: argparse.Namespace) -> int:
                 "drawn": drawn.name,
             }
         )
-        print(
-            f"{path}: {len(mine)} detections"
-            + "".join(
-                f"\n  {d['label']:<12} {d['score']:.3f}  [{', '.join(f'{v:.1f}' for v in d['box'])}]" for d in mine
-            )
-        )
+        _print_detections(path, mine, args.show)
     (out / "detections.json").write_text(json.dumps(to_coco_results(detections), indent=1), encoding="utf-8")
     (out / "images.json").write_text(json.dumps(images, indent=1), encoding="utf-8")
     print(
@@ -62,3 +58,11 @@ def run(args: argparse.Namespace) -> int:
         f"-> {out}/ (detections.json, images.json, drawn images)"
     )
     return 0
+
+
+def _print_detections(path: str, detections: list[dict], limit: int) -> None:
+    print(f"{path}: {len(detections)} detections")
+    for d in detections[:limit]:
+        print(f"  {d['label']:<12} {d['score']:.3f}  xyxy [{', '.join(f'{v:.1f}' for v in d['box'])}]")
+    if len(detections) > limit:
+        print(f"  ... {len(detections) - limit} more in detections.json")
