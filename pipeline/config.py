@@ -77,7 +77,7 @@ class ModelConfig:
     """Which EfficientDet to build; null fields keep the variant's official value."""
 
     variant: str = "lite0"
-    image_size: int | None = 256  # square input side; must divide by 2**max_level (128)
+    image_size: int | None = 256  # square input side, divisible by 2**max_level (128); null = official
     pretrained_backbone: str | None = "lite0-imagenet"  # a weights file, "lite0-imagenet", or null (random init)
     fpn_channels: int | None = None
     fpn_repeats: int | None = None
@@ -85,13 +85,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _choice("model.variant", self.variant, MODEL_VARIANTS)
-        if self.image_size is not None:
-            _check(
-                self.image_size > 0 and self.image_size % 128 == 0,
-                "model.image_size",
-                self.image_size,
-                "must be a positive multiple of 128 (2**max_level), e.g. 256 or 384",
-            )
+        # divisibility by 2**max_level is effdet_core's rule (it allows the official uneven Lite sizes); it is
+        # checked against the real model config by `training.inputs.model_normalisation` before any training
+        _check(self.image_size is None or self.image_size > 0, "model.image_size", self.image_size, "must be > 0")
         for key in ("fpn_channels", "fpn_repeats", "head_repeats"):
             value = getattr(self, key)
             _check(value is None or value >= 1, f"model.{key}", value, "must be >= 1 or null")

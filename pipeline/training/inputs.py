@@ -8,7 +8,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from pipeline.config import DataConfig, PipelineConfig
+from pipeline.config import ConfigError, DataConfig, PipelineConfig
 
 
 @dataclass
@@ -40,7 +40,10 @@ def model_normalisation(config: PipelineConfig) -> tuple[tuple[int, int], tuple,
     """(image_size, mean, std) of the configured model, without building it."""
     from effdet_core import get_config
 
-    model_cfg = get_config(config.model.variant, **config.model.overrides())
+    try:
+        model_cfg = get_config(config.model.variant, **config.model.overrides())
+    except ValueError as e:  # effdet_core names the field; say which config section it came from
+        raise ConfigError(f"model: {e}") from None
     return model_cfg.image_size, model_cfg.mean, model_cfg.std
 
 

@@ -48,7 +48,7 @@ def test_overrides_are_coerced_to_field_types():
         ("train.epochs=0", "train.epochs=0: must be >= 1"),
         ("train.amp=fp8", "train.amp='fp8': not supported; choose one of ['none', 'bf16', 'fp16']"),
         ("model.variant=d9", "model.variant='d9'"),
-        ("model.image_size=300", "model.image_size=300: must be a positive multiple of 128"),
+        ("model.image_size=-256", "model.image_size=-256: must be > 0"),
         ("optim.lr=-1", "optim.lr=-1.0: must be > 0"),
         ("train.sync_bn=maybe", "train.sync_bn='maybe': expected true or false"),
         ("epochs=3", "must be section.key"),
@@ -89,6 +89,15 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     assert isinstance(again, PipelineConfig)
     flat = flatten(config)
     assert flat["train.epochs"] == 5 and flat["optim.name"] == "adamw" and "mlflow.experiment" in flat
+
+
+def test_model_size_rule_of_effdet_core_is_reported_as_config_error():
+    from pipeline.training.inputs import model_normalisation
+
+    with pytest.raises(ConfigError, match=r"model: image_size \(300, 300\) must be positive and divisible by"):
+        model_normalisation(load_config(None, ["model.variant=d0", "model.image_size=300"]))
+    size, mean, _ = model_normalisation(load_config(None, ["model.image_size=null"]))
+    assert size == (320, 320) and mean == (0.5, 0.5, 0.5)  # lite0's official size and normalisation
 
 
 def test_cli_rejects_bad_config_before_any_work(capsys):
