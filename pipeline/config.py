@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from effdet_core.config import VARIANTS
+
 
 class ConfigError(ValueError):
     """A user error in the configuration: the message names the key and the bad value or the file."""
@@ -69,7 +71,7 @@ class DataConfig:
         )
 
 
-MODEL_VARIANTS = ("d0", "d1", "d2", "d3", "d4", "d5", "d6", "d7", "d7x", "lite0", "lite1", "lite2", "lite3", "lite4")
+MODEL_VARIANTS = tuple(VARIANTS)  # effdet_core's named variants: one list for the whole project
 
 
 @dataclass(frozen=True)

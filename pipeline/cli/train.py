@@ -1,6 +1,7 @@
 """The `train` subcommand (the main job): distributed EfficientDet training on Ray, tracked in MLflow.
 
-`python run_pipeline.py train [--config FILE] [--set k=v ...] [--num-workers N] [--use-gpu] [--resume]`
+`python run_pipeline.py train [--config FILE] [--set k=v ...] [--num-workers N] [--use-gpu] [--resume]
+[--register NAME [--force-champion]]`
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue the latest run (or ray.name) from its last epoch checkpoint"
     )
+    parser.add_argument(
+        "--register",
+        metavar="NAME",
+        default=None,
+        help="register the best model under NAME in the MLflow registry (champion moves only if it is better)",
+    )
+    parser.add_argument("--force-champion", action="store_true", help="with --register: make it champion regardless")
     parser.set_defaults(func=run)
 
 
@@ -53,9 +61,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = resolve_config(args)
+        if args.register is not None and not args.register.strip():
+            raise ConfigError("--register needs a non-empty model name")
         print("resolved config:\n" + to_yaml(config), flush=True)
         outcome = train(config, resume=args.resume)
-    except (ConfigError, DatasetError, TrackingError, CheckpointError, TrainingJobError) as e:
+        registration = _register(args, config, outcome) if args.register else None
+    except (ConfigError, DatasetError, TrackingError, CheckpointError, TrainingJobError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     m = outcome.report.metrics
@@ -68,4 +79,25 @@ def run(args: argparse.Namespace) -> int:
         f"best checkpoint: {outcome.report.files['best_checkpoint']}",
         flush=True,
     )
+    if registration is not None:
+        print(
+            f"registered {registration.model_uri} (aliases: {', '.join(registration.aliases) or 'none'}): "
+            f"{registration.decision.reason}",
+            flush=True,
+        )
     return 0
+
+
+def _register(args: argparse.Namespace, config, outcome):
+    """Registers the run's best checkpoint; champion moves only if it beats the champion on the same val set."""
+    from pipeline.registry import dataset_fingerprint, register_from_checkpoint
+
+    return register_from_checkpoint(
+        outcome.report.files["best_checkpoint"],
+        args.register,
+        outcome.run.tracking_uri,
+        metrics=None,  # the best epoch's metrics, read from the checkpoint
+        dataset_fingerprint=dataset_fingerprint(Path(config.data.dir).resolve(), "val"),
+        run_id=outcome.run.run_id,
+        force=args.force_champion,
+    )

@@ -3,13 +3,16 @@ resume, and a real `mlflow server`."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import ray_train
+from pipeline.cli import train as train_cli
 from pipeline.config import replace
+from pipeline.registry.from_checkpoint import checkpoint_metrics
 from pipeline.training.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
@@ -54,6 +57,15 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(tiny_config):
     best = load_checkpoint(local)
     assert best.label_map["names"] == ["circle", "square", "triangle"] and best.optimizer is None
     assert (outcome.run_dir / "epoch_0002").is_dir()  # Ray kept the last epoch checkpoint
+
+    # `train --register NAME`: the best checkpoint becomes version 1, champion, linked to this run.
+    registration = train_cli._register(
+        argparse.Namespace(register="shapes", force_champion=False), tiny_config, outcome
+    )
+    assert (registration.version, registration.aliases) == ("1", ("champion",))
+    version = client.get_model_version_by_alias("shapes", "champion")
+    assert version.run_id == run.info.run_id
+    assert float(version.tags["val_AP50"]) == pytest.approx(checkpoint_metrics(best)["val_AP50"], abs=1e-6)
 
 
 def test_crashed_worker_is_survived_and_costs_at_most_one_epoch(tiny_config, tmp_path):
