@@ -10,6 +10,9 @@ import effdet_core as E
 effdet = pytest.importorskip("effdet", reason="effdet is a test dependency: pip install -e '.[test]'")
 from effdet import DetBenchPredict, DetBenchTrain  # noqa: E402
 
+from effdet_core.loss import flatten_outputs  # noqa: E402
+from effdet_core.postprocess import PostprocessConfig, postprocess  # noqa: E402
+
 
 def _randomise(model: torch.nn.Module) -> None:
     """Non-trivial BN statistics, fusion weights and spread-out logits, so matching outputs mean something."""
@@ -51,14 +54,27 @@ def test_head_outputs_and_detections_match_effdet(variant, size):
     with torch.no_grad():
         ref_dets = DetBenchPredict(reference).eval()(images, img_info=img_info)  # [B, 100, 6], classes 1-based
         our_dets = E.EfficientDetForPrediction(ours)(images)
-    for ref, got in zip(ref_dets, our_dets, strict=True):
+        # Our post-processing on effdet's own head outputs: no float noise, so the detections must be identical.
+        anchors = E.generate_anchors(ours.config, (size, size))
+        from_ref_heads = postprocess(
+            flatten_outputs(ref_class, 90), flatten_outputs(ref_box, 4), anchors, (size, size), PostprocessConfig()
+        )
+    for ref, exact, end_to_end in zip(ref_dets, from_ref_heads, our_dets, strict=True):
         ref = ref[ref[:, 4] > 0]
-        assert len(got["boxes"]) == len(ref) > 0
-        # Same set of detections: each of ours has a reference twin with the same class, score and box.
-        for box, score, label in zip(got["boxes"], got["scores"], got["labels"], strict=True):
-            twins = ref[(ref[:, 5] - 1 == label) & ((ref[:, 4] - score).abs() < 1e-5)]
-            assert len(twins), f"no effdet detection with class {int(label)} and score {float(score):.6f}"
-            assert (twins[:, :4] - box).abs().max(dim=1).values.min() < 1e-3
+        assert len(exact["boxes"]) == len(end_to_end["boxes"]) == len(ref) > 0
+        assert _twin_fraction(exact, ref) == 1.0
+        # End to end, head outputs differ by ~1e-6, which can flip NMS between two boxes whose scores tie
+        # to ~1e-6 under random weights; nearly every detection must still have an exact twin.
+        assert _twin_fraction(end_to_end, ref) >= 0.95
+
+
+def _twin_fraction(detections: dict[str, torch.Tensor], ref: torch.Tensor) -> float:
+    """Share of our detections with an effdet twin: same class, score within 1e-5, box within 1e-3 px."""
+    matched = 0
+    for box, score, label in zip(detections["boxes"], detections["scores"], detections["labels"], strict=True):
+        twins = ref[(ref[:, 5] - 1 == label) & ((ref[:, 4] - score).abs() < 1e-5)]
+        matched += bool(len(twins)) and bool((twins[:, :4] - box).abs().max(dim=1).values.min() < 1e-3)
+    return matched / len(detections["boxes"])
 
 
 def test_training_loss_matches_effdet():
