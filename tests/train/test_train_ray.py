@@ -64,7 +64,8 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(tiny_config):
     )
     assert (registration.version, registration.aliases) == ("1", ("champion",))
     version = client.get_model_version_by_alias("shapes", "champion")
-    assert version.run_id == run.info.run_id
+    # MLflow 3.17 does not always fill ModelVersion.run_id for a models:/ source; the registry's tag does.
+    assert version.tags["run_id"] == run.info.run_id
     assert float(version.tags["val_AP50"]) == pytest.approx(checkpoint_metrics(best)["val_AP50"], abs=1e-6)
 
 
