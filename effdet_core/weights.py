@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .backbone import read_state_dict
 from .model import EfficientDet
 
 # (effdet key pattern, our key template); {min} is replaced by a level number at load time.
@@ -87,15 +88,6 @@ def load_effdet_weights(
 def _read(source: dict[str, torch.Tensor] | str | os.PathLike) -> dict[str, torch.Tensor]:
     if isinstance(source, dict):
         return source
-    path = Path(source)
-    if not path.is_file():
-        raise ValueError(f"effdet checkpoint {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict_ema", "state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    return state
+    if not Path(source).is_file():
+        raise ValueError(f"effdet checkpoint {str(source)!r} does not exist")
+    return read_state_dict(source)

@@ -127,7 +127,9 @@ class RunHandle:
         return cls(**json.loads(text))
 
 
-def _experiment_id(client, name: str, tracking_uri: str) -> str:
+def ensure_experiment(client, name: str, tracking_uri: str) -> str:
+    """The id of experiment `name`, created (once, even under concurrent callers) with its artifacts beside a
+    SQLite database so `mlflow ui` works from any directory."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -153,7 +155,7 @@ def start_run(config: PipelineConfig, tracking_uri: str, label_map: Mapping[str,
     from pipeline.config import save_config
 
     client = MlflowClient(tracking_uri)
-    experiment_id = _experiment_id(client, config.mlflow.experiment, tracking_uri)
+    experiment_id = ensure_experiment(client, config.mlflow.experiment, tracking_uri)
     run = client.create_run(experiment_id, run_name=config.mlflow.run_name, tags={"pipeline.job": "train"})
     handle = RunHandle(tracking_uri, experiment_id, run.info.run_id)
     params = [Param(k, str(v)) for k, v in flatten(config).items()]

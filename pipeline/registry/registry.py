@@ -14,7 +14,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.registry.errors import PromotionRefused, RegistryError
@@ -87,20 +86,9 @@ def client(tracking_uri: str):
 
 def ensure_experiment(tracking_uri: str, name: str) -> str:
     """The id of experiment `name`, created with its artifacts beside a SQLite database (so any cwd works)."""
-    c = client(tracking_uri)
-    experiment = c.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    if tracking_uri.startswith("sqlite:///"):
-        location = Path(tracking_uri.removeprefix("sqlite:///")).parent.joinpath("mlruns").as_uri()
-    try:
-        return c.create_experiment(name, artifact_location=location)
-    except Exception:  # created concurrently by another process: read it back
-        experiment = c.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    from pipeline import tracking
+
+    return tracking.ensure_experiment(client(tracking_uri), name, tracking_uri)
 
 
 def pip_requirements() -> list[str]:
