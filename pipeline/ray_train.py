@@ -9,6 +9,7 @@ loaders (this rank's shard), prepare the model (DDP; gloo on CPU), train, report
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -42,6 +43,16 @@ class TrainOutcome:
 # ----------------------------------------------------------------------------------------------- worker
 
 
+def _quiet_per_report_logging() -> None:
+    """Ray Train 2.60 logs every report with all its metrics at INFO, from each rank, through a logger named by
+    its file path: outside the "ray.train" hierarchy that LoggingConfig sets, so it is quieted here."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray layout: nothing to quiet
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def worker_loop(loop_config: dict[str, Any]) -> None:
     """Per-worker function: 1. loaders (this rank's shard), 2. model (DDP, restored), 3. train, 4. report."""
     import ray.train
@@ -50,6 +61,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     from pipeline.training.inputs import build_loaders
     from pipeline.training.loop import build_trainer, make_state, run_epochs
 
+    _quiet_per_report_logging()
     config = from_dict(loop_config["config"])
     run = tracking.RunHandle(**loop_config["run"]) if loop_config.get("run") else None
     context = ray.train.get_context()
