@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -96,7 +97,10 @@ def ui_hint(uri: str) -> str:
     """How to look at the runs of this tracking store."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"
+    # the mlflow next to this interpreter: a fresh user's shell usually has the venv's bin/ off PATH
+    beside = Path(sys.executable).parent / "mlflow"
+    mlflow_cli = str(beside) if beside.is_file() else "mlflow"
+    return f"{mlflow_cli} ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"
 
 
 @dataclass(frozen=True)
