@@ -63,7 +63,8 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(tiny_config):
         argparse.Namespace(register="shapes", force_champion=False), tiny_config, outcome
     )
     assert (registration.version, registration.aliases) == ("1", ("champion",))
-    version = client.get_model_version_by_alias("shapes", "champion")
+    registry = MlflowClient(outcome.run.tracking_uri, registry_uri=outcome.run.tracking_uri)  # not MLflow's global
+    version = registry.get_model_version_by_alias("shapes", "champion")
     # MLflow 3.17 does not always fill ModelVersion.run_id for a models:/ source; the registry's tag does.
     assert version.tags["run_id"] == run.info.run_id
     assert float(version.tags["val_AP50"]) == pytest.approx(checkpoint_metrics(best)["val_AP50"], abs=1e-6)
