@@ -244,7 +244,10 @@ def promote(tracking_uri: str, name: str, version: str, alias: str = CHAMPION, f
         decision = decide_promotion(dict(mv.tags), dict(current.tags) if current else None, force)
         if not decision.promote:
             raise PromotionRefused(f"{name} version {mv.version} not promoted to champion: {decision.reason}")
-    client(tracking_uri).set_registered_model_alias(name, alias, mv.version)
+    c = client(tracking_uri)
+    c.set_registered_model_alias(name, alias, mv.version)
+    if alias == CHAMPION and CHALLENGER in (mv.aliases or []):
+        c.delete_registered_model_alias(name, CHALLENGER)  # the champion is nobody's challenger
     return decision
 
 

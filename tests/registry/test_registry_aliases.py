@@ -80,10 +80,14 @@ def test_promote_guards_champion_and_force_overrides(registry):
         promote(registry.uri, registry.name, "2")
     assert str(get_version(registry.uri, f"{registry.name}@champion").version) == "3"
     try:
+        was_challenger = "challenger" in get_version(registry.uri, f"{registry.name}/2").aliases
         assert promote(registry.uri, registry.name, "2", force=True).reason == "forced"
-        assert str(get_version(registry.uri, f"{registry.name}@champion").version) == "2"
+        promoted = get_version(registry.uri, f"{registry.name}@champion")
+        assert str(promoted.version) == "2" and "challenger" not in promoted.aliases
+        assert was_challenger  # so the line above shows the alias moving, not one that was never there
     finally:  # v3 beats v2 on the same dataset, so it may take the alias back without force
         assert promote(registry.uri, registry.name, "3").promote
+        client(registry.uri).set_registered_model_alias(registry.name, "challenger", "2")  # shared fixture state
     assert str(get_version(registry.uri, f"{registry.name}@champion").version) == "3"
 
 
