@@ -220,12 +220,26 @@ def _trainer(config: PipelineConfig, name: str, run: tracking.RunHandle | None, 
     )
 
 
+def gpu_only_settings_ignored(config: PipelineConfig) -> list[str]:
+    """GPU-only settings that a CPU run cannot honour, said out loud instead of silently dropped."""
+    if config.ray.use_gpu:
+        return []
+    notes = []
+    if config.train.amp != "none":
+        notes.append(f"train.amp={config.train.amp} applies to GPU workers only; this CPU run trains in fp32")
+    if config.train.sync_bn:
+        notes.append("train.sync_bn=true applies to GPU workers only (gloo has no SyncBatchNorm); plain BN is used")
+    return notes
+
+
 def prepare(config: PipelineConfig, resume: bool = False) -> tuple[PipelineConfig, str, str, dict]:
     """Everything that can fail on bad input, before any training: paths, tracking store, dataset, run name."""
     from pipeline.data import load_label_map, validate_dataset
     from pipeline.training.inputs import ensure_dataset, model_normalisation
 
     config = _absolute(config)
+    for note in gpu_only_settings_ignored(config):
+        print(f"note: {note}", flush=True)
     model_normalisation(config)  # bad model overrides fail here, not in a worker
     uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri)
     tracking.check_tracking_store(uri)

@@ -104,3 +104,14 @@ def test_cli_rejects_bad_config_before_any_work(capsys):
     code = cli_main(["train", "--set", "train.epochs=-2"])
     assert code == 1
     assert "train.epochs=-2: must be >= 1" in capsys.readouterr().err
+
+
+def test_gpu_only_settings_on_cpu_are_reported_not_silently_dropped():
+    from pipeline.config import load_config
+    from pipeline.ray_train import gpu_only_settings_ignored
+
+    cpu = load_config(None, ["train.amp=bf16", "train.sync_bn=true"])
+    notes = gpu_only_settings_ignored(cpu)
+    assert len(notes) == 2 and "train.amp=bf16" in notes[0] and "sync_bn" in notes[1]
+    gpu = load_config(None, ["train.amp=bf16", "train.sync_bn=true", "ray.use_gpu=true"])
+    assert gpu_only_settings_ignored(gpu) == []
