@@ -94,6 +94,14 @@ class ModelConfig:
             value = getattr(self, key)
             _check(value is None or value >= 1, f"model.{key}", value, "must be >= 1 or null")
 
+    def build(self, num_classes: int, pretrained: bool = True):
+        """The bare EfficientDet this config describes (pretrained backbone unless `pretrained=False`, e.g. when
+        the weights come from a checkpoint)."""
+        from effdet_core import create_model
+
+        backbone = self.pretrained_backbone if pretrained else None
+        return create_model(self.variant, num_classes, pretrained_backbone=backbone, **self.overrides())
+
     def overrides(self) -> dict[str, Any]:
         """The keyword overrides for `effdet_core.create_model` (only the fields that are set)."""
         out: dict[str, Any] = {}

@@ -19,7 +19,6 @@ from pipeline.data import (
     annotation_path,
     collate_fn,
     load_coco,
-    to_original_coordinates,
 )
 from pipeline.registry.predict import Detector
 
@@ -46,15 +45,15 @@ def evaluate_detector(detector: Detector, dataset_dir: str | os.PathLike, split:
     from torch.utils.data import DataLoader
 
     from pipeline.evaluation import evaluate_coco
+    from pipeline.training.evaluate import predict
 
     check_categories(dataset_dir, split, detector.label_map)
     dataset = DetectionDataset(dataset_dir, split, detector.transform, label_map=detector.label_map)
     loader = DataLoader(dataset, batch_size=detector.batch_size, shuffle=False, collate_fn=collate_fn)
 
     start = time.perf_counter()
-    predictions = []
-    for images, targets in loader:
-        predictions.extend(to_original_coordinates(detector.predictor(images), targets))
+    device = next(detector.predictor.parameters()).device
+    predictions = predict(detector.predictor, loader, device)
     seconds = time.perf_counter() - start
     metrics = evaluate_coco(dataset.coco, predictions, detector.label_map)
     metrics["num_images"] = len(dataset)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from effdet_core import EfficientDet, create_model
+from effdet_core import EfficientDet
 from pipeline.data import LabelMap
 from pipeline.registry.metadata import pick_metrics
 from pipeline.registry.registry import Registration, register_model
@@ -32,9 +32,7 @@ def model_from_state(state: TrainState, weights: str = "best") -> tuple[Efficien
     state_dict = state.best.get("weights") if weights == "best" else None
     if state_dict is None:
         state_dict = state.eval_weights()
-    model = create_model(
-        model_config.variant, label_map.num_classes, pretrained_backbone=None, **model_config.overrides()
-    )
+    model = model_config.build(label_map.num_classes, pretrained=False)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:

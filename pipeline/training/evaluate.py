@@ -14,12 +14,11 @@ from torch import nn
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device) -> list[dict[str, Any]]:
-    """Detections of every image of `loader`, boxes mapped back to original pixels."""
-    from effdet_core import EfficientDetForPrediction
+def predict(predictor: nn.Module, loader, device: torch.device) -> list[dict[str, Any]]:
+    """Detections of every image of `loader` by an `EfficientDetForPrediction`, boxes mapped back to original
+    pixels."""
     from pipeline.data import to_original_coordinates
 
-    predictor = EfficientDetForPrediction(model).eval()
     out: list[dict[str, Any]] = []
     for images, targets in loader:
         out.extend(to_original_coordinates(predictor(images.to(device)), targets))
@@ -46,13 +45,14 @@ def evaluate(
     pr_curve_path: str | None = None,
 ) -> dict[str, float]:
     """`val_AP`, `val_AP50`, ..., `val_AP_<class>` of `model` on the validation set; identical on every rank."""
+    from effdet_core import EfficientDetForPrediction
     from pipeline.data import LabelMap
     from pipeline.evaluation import evaluate_coco
 
     was_training = model.training
     model.eval()
     try:
-        predictions = gather_predictions(predict(model, loader, device))
+        predictions = gather_predictions(predict(EfficientDetForPrediction(model), loader, device))
     finally:
         model.train(was_training)
     is_rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

@@ -59,10 +59,7 @@ def rank_and_world() -> tuple[int, int]:
 
 def build_model(config: PipelineConfig, num_classes: int, pretrained: bool = True) -> nn.Module:
     """The bare EfficientDet of `config.model` (pretrained backbone unless `pretrained=False`, e.g. on resume)."""
-    from effdet_core import create_model
-
-    backbone = config.model.pretrained_backbone if pretrained else None
-    return create_model(config.model.variant, num_classes, pretrained_backbone=backbone, **config.model.overrides())
+    return config.model.build(num_classes, pretrained=pretrained)
 
 
 def build_trainer(
