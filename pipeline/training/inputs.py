@@ -21,7 +21,7 @@ class Inputs:
 
 def ensure_dataset(data: DataConfig) -> Path:
     """The dataset directory; the synthetic demo dataset is written there first if it is absent and allowed."""
-    from pipeline.data import DatasetError, annotation_path, ensure_synthetic_dataset
+    from pipeline.data import DatasetError, annotation_path, ensure_synthetic_dataset, synth
 
     root = Path(data.dir)
     if annotation_path(root, "train").is_file() and annotation_path(root, "val").is_file():
@@ -31,6 +31,11 @@ def ensure_dataset(data: DataConfig) -> Path:
             f"data.dir={data.dir!r}: no dataset there ({annotation_path(root, 'train')} missing); set "
             "data.generate_if_missing=true for the demo dataset or convert yours with `run_pipeline.py data`"
         )
+    print(
+        f"no dataset at {root}: writing the synthetic demo dataset ({data.synth_images} images, "
+        f"{data.synth_size} px; classes: {', '.join(synth.CLASSES)})",
+        flush=True,
+    )
     return ensure_synthetic_dataset(
         root, num_images=data.synth_images, size=data.synth_size, val_fraction=data.synth_val_fraction
     )
