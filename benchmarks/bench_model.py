@@ -95,8 +95,12 @@ def build_runners(args) -> list:
     except ImportError:
         print("effdet not installed: measuring effdet_core only (pip install -e '.[test]' for the comparison)")
         return [OurRunner(ours)]
-    reference = effdet.create_model(f"tf_efficientdet_{args.variant}", pretrained_backbone=False,
-                                    num_classes=args.num_classes, image_size=(args.size, args.size))
+    reference = effdet.create_model(
+        f"tf_efficientdet_{args.variant}",
+        pretrained_backbone=False,
+        num_classes=args.num_classes,
+        image_size=(args.size, args.size),
+    )
     E.load_effdet_weights(ours, reference.state_dict())
     return [OurRunner(ours), EffdetRunner(reference)]
 
@@ -124,10 +128,14 @@ def main() -> None:
     train = time_interleaved(runners, "train_step", (train_images, boxes, labels), args.repeats, args.warmup)
     predict = time_interleaved(runners, "predict", (predict_images,), args.repeats, args.warmup)
 
-    print(f"{args.variant} @ {args.size}px, fp32, {args.threads} threads, torch {torch.__version__}, "
-          f"median of {args.repeats} (after {args.warmup} warm-up), interleaved")
-    print(f"{'model':<12} {'train img/s (batch ' + str(args.train_batch) + ')':>24} "
-          f"{'predict ms (batch ' + str(args.predict_batch) + ')':>24}")
+    print(
+        f"{args.variant} @ {args.size}px, fp32, {args.threads} threads, torch {torch.__version__}, "
+        f"median of {args.repeats} (after {args.warmup} warm-up), interleaved"
+    )
+    print(
+        f"{'model':<12} {'train img/s (batch ' + str(args.train_batch) + ')':>24} "
+        f"{'predict ms (batch ' + str(args.predict_batch) + ')':>24}"
+    )
     results = {}
     for runner in runners:
         img_s = args.train_batch / statistics.median(train[runner.name])
@@ -136,8 +144,10 @@ def main() -> None:
         print(f"{runner.name:<12} {img_s:>24.3f} {latency:>24.1f}")
     if len(results) == 2:
         (ours_ips, ours_ms), (ref_ips, ref_ms) = results["effdet_core"], results["effdet"]
-        print(f"ratio ours/effdet: train throughput x{ours_ips / ref_ips:.3f} (higher is better), "
-              f"predict latency x{ours_ms / ref_ms:.3f} (lower is better)")
+        print(
+            f"ratio ours/effdet: train throughput x{ours_ips / ref_ips:.3f} (higher is better), "
+            f"predict latency x{ours_ms / ref_ms:.3f} (lower is better)"
+        )
 
 
 if __name__ == "__main__":

@@ -62,14 +62,14 @@ def bench_plain(config: PipelineConfig, root: Path) -> tuple[float, float]:
 def bench_ray(config: PipelineConfig, root: Path) -> tuple[float, float]:
     import ray
 
-    from pipeline.ray_train import _absolute, _trainer
+    from pipeline.ray_train import _absolute, build_torch_trainer
 
     config = _absolute(config)
     times_file = root / "ray_epoch_times.txt"
     start = time.time()
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     try:
-        _trainer(config, "bench", None, epoch_times_file=str(times_file)).fit()
+        build_torch_trainer(config, "bench", None, epoch_times_file=str(times_file)).fit()
     finally:
         ray.shutdown()
     ends = [float(line.split()[1]) for line in times_file.read_text().splitlines()]

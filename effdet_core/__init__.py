@@ -1,7 +1,7 @@
 """EfficientDet: the model alone (torch + timm), every official variant D0-D7x and Lite0-4 plus custom scalings."""
 
 from .anchors import generate_anchors
-from .complexity import count_flops, count_parameters
+from .complexity import count_flops, count_parameters, latency_device, measure_latency_ms
 from .config import VARIANTS, EfficientDetConfig, formula_scaling, get_config, scaled_config
 from .loss import LossConfig
 from .model import EfficientDet, create_model
@@ -23,7 +23,9 @@ __all__ = [
     "formula_scaling",
     "generate_anchors",
     "get_config",
+    "latency_device",
     "load_effdet_weights",
+    "measure_latency_ms",
     "scaled_config",
     "validate_targets",
 ]

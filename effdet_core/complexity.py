@@ -1,13 +1,18 @@
-"""Parameter count and FLOPs (multiply-adds, as the paper counts them) via torch's own flop counter."""
+"""Parameter count, FLOPs (multiply-adds, as the paper counts them, via torch's own flop counter) and measured
+latency: the cost side of a detector's accuracy/cost trade-off."""
 
 from __future__ import annotations
+
+import statistics
+import time
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import EfficientDetConfig
-from .model import create_model
+from .model import EfficientDet, create_model
+from .wrappers import EfficientDetForPrediction
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -43,3 +48,32 @@ def count_flops(
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2  # the counter reports FLOPs = 2 x multiply-adds
+
+
+@torch.no_grad()
+def measure_latency_ms(model: EfficientDet, repeats: int = 5, warmup: int = 2) -> tuple[float, float]:
+    """(median, min) wall time in ms of one image at the model's input size through network + decode + NMS.
+
+    Both are kept: on a shared machine the median shows what a caller saw, the minimum what the model costs.
+    """
+    predictor = EfficientDetForPrediction(model).eval()
+    device = next(model.parameters()).device
+    images = torch.zeros(1, 3, *model.config.image_size, device=device)
+    times = []
+    for k in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        predictor(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if k >= warmup:
+            times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times), min(times)
+
+
+def latency_device(model: EfficientDet) -> str:
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu, {torch.get_num_threads()} threads"

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from effdet_core.config import VARIANTS
+from effdet_core.config import FEATURE_NETWORKS, FUSION_METHODS, VARIANTS
 
 
 class ConfigError(ValueError):
@@ -72,6 +72,7 @@ class DataConfig:
 
 
 MODEL_VARIANTS = tuple(VARIANTS)  # effdet_core's named variants: one list for the whole project
+_MODEL_OVERRIDE_KEYS = ("fpn_channels", "fpn_repeats", "head_repeats", "fusion", "feature_network", "backbone")
 
 
 @dataclass(frozen=True)
@@ -81,16 +82,24 @@ class ModelConfig:
     variant: str = "lite0"
     image_size: int | None = 256  # square input side, divisible by 2**max_level (128); null = official
     pretrained_backbone: str | None = "lite0-imagenet"  # a weights file, "lite0-imagenet", or null (random init)
-    fpn_channels: int | None = None
-    fpn_repeats: int | None = None
-    head_repeats: int | None = None
+    fpn_channels: int | None = None  # BiFPN width W
+    fpn_repeats: int | None = None  # BiFPN depth D (cells)
+    head_repeats: int | None = None  # class/box net depth
+    fusion: str | None = None  # fast | softmax | sum
+    feature_network: str | None = None  # bifpn | panet | fpn
+    backbone: str | None = None  # a timm EfficientNet name, e.g. tf_efficientnet_b1
 
     def __post_init__(self) -> None:
         _choice("model.variant", self.variant, MODEL_VARIANTS)
+        if self.fusion is not None:
+            _choice("model.fusion", self.fusion, FUSION_METHODS)
+        if self.feature_network is not None:
+            _choice("model.feature_network", self.feature_network, FEATURE_NETWORKS)
+        _check(self.backbone is None or bool(self.backbone), "model.backbone", self.backbone, "must be a name or null")
         # divisibility by 2**max_level is effdet_core's rule (it allows the official uneven Lite sizes); it is
         # checked against the real model config by `training.inputs.model_normalisation` before any training
         _check(self.image_size is None or self.image_size > 0, "model.image_size", self.image_size, "must be > 0")
-        for key in ("fpn_channels", "fpn_repeats", "head_repeats"):
+        for key in ("fpn_channels", "fpn_repeats", "head_repeats"):  # positive when set
             value = getattr(self, key)
             _check(value is None or value >= 1, f"model.{key}", value, "must be >= 1 or null")
 
@@ -107,10 +116,29 @@ class ModelConfig:
         out: dict[str, Any] = {}
         if self.image_size is not None:
             out["image_size"] = (self.image_size, self.image_size)
-        for key in ("fpn_channels", "fpn_repeats", "head_repeats"):
+        for key in _MODEL_OVERRIDE_KEYS:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
+
+    def resolve(self):
+        """The `effdet_core.EfficientDetConfig` this describes, without building the network; every inconsistency
+        (a size the levels cannot divide, weights that do not fit the backbone) is a ConfigError."""
+        from effdet_core import get_config
+
+        try:
+            resolved = get_config(self.variant, **self.overrides())
+        except ValueError as e:  # effdet_core names the field; say which config section it came from
+            raise ConfigError(f"model: {e}") from None
+        weights = self.pretrained_backbone
+        if weights == "lite0-imagenet" and resolved.backbone != "tf_efficientnet_lite0":
+            raise ConfigError(
+                f"model.pretrained_backbone='lite0-imagenet' fits the tf_efficientnet_lite0 backbone, not "
+                f"{resolved.backbone!r} (model.variant={self.variant!r}); use null, 'timm' or a weights file"
+            )
+        if weights not in (None, "timm", "lite0-imagenet") and not Path(weights).is_file():
+            raise ConfigError(f"model.pretrained_backbone={weights!r}: no such weights file")
+        return resolved
 
 
 @dataclass(frozen=True)

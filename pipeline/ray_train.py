@@ -58,6 +58,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from pipeline.training.cost import model_cost
     from pipeline.training.inputs import build_loaders
     from pipeline.training.loop import build_trainer, make_state, run_epochs
 
@@ -85,10 +86,14 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         resume=state,
     )
     start_epoch = state.epoch + 1 if state is not None else 1
+    # a search compares trials on cost too: measured once, on this worker's hardware, sent with every report
+    cost = {}
+    if loop_config.get("report_cost"):
+        cost = model_cost(config, len(inputs.label_map["names"]), ray.train.torch.get_device())
     started = time.perf_counter()
 
     def report(trainer, epoch: int, metrics: dict[str, float]) -> None:  # 4.
-        metrics = {**metrics, "resumed_from_epoch": start_epoch - 1}
+        metrics = {**metrics, **cost, "resumed_from_epoch": start_epoch - 1}
         if rank == 0:
             if run is not None:
                 tracking.log_epoch(run, epoch, metrics)
@@ -192,8 +197,11 @@ def _init_ray(config: PipelineConfig) -> bool:
     return started
 
 
-def _trainer(config: PipelineConfig, name: str, run: tracking.RunHandle | None, **extra: Any):
-    """The TorchTrainer of this job; `extra` goes into the workers' loop config (e.g. `epoch_times_file`)."""
+def build_torch_trainer(
+    config: PipelineConfig, name: str, run: tracking.RunHandle | None, callbacks: list | None = None, **extra: Any
+):
+    """The TorchTrainer of a run named `name` under `ray.storage_path`; `callbacks` are Ray Train callbacks (a
+    search's TuneReportCallback), `extra` goes into the workers' loop config (`report_cost`, `epoch_times_file`)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -216,6 +224,7 @@ def _trainer(config: PipelineConfig, name: str, run: tracking.RunHandle | None, 
             # and doubles our progress lines; Train's own per-report INFO logs would drown them too
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
         ),
     )
 
@@ -276,7 +285,7 @@ def _fit(config: PipelineConfig, name: str, run: tracking.RunHandle):
     from ray.train import TrainingFailedError
 
     try:
-        result = _trainer(config, name, run).fit()
+        result = build_torch_trainer(config, name, run).fit()
     except TrainingFailedError as e:
         tracking.end_run(run, "FAILED")
         raise TrainingJobError(

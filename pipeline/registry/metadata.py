@@ -10,15 +10,11 @@ import hashlib
 import json
 import os
 import re
-import statistics
 import subprocess
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
-
-from effdet_core import EfficientDet, EfficientDetForPrediction, count_flops, count_parameters
+from effdet_core import EfficientDet, count_flops, count_parameters, latency_device, measure_latency_ms
 from pipeline.data import DatasetError, annotation_path, images_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,35 +60,6 @@ def code_version(repo: str | os.PathLike = REPO_ROOT) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
-
-
-@torch.no_grad()
-def measure_latency_ms(model: EfficientDet, repeats: int = 5, warmup: int = 2) -> tuple[float, float]:
-    """(median, min) wall time in ms of one image at the model's input size through network + decode + NMS.
-
-    Both are kept: on a shared machine the median shows what a caller saw, the minimum what the model costs.
-    """
-    predictor = EfficientDetForPrediction(model).eval()
-    device = next(model.parameters()).device
-    images = torch.zeros(1, 3, *model.config.image_size, device=device)
-    times = []
-    for k in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        predictor(images)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if k >= warmup:
-            times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times), min(times)
-
-
-def latency_device(model: EfficientDet) -> str:
-    device = next(model.parameters()).device
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu, {torch.get_num_threads()} threads"
 
 
 def pick_metrics(metrics: Mapping[str, float]) -> dict[str, float]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from pipeline.config import ConfigError, DataConfig, PipelineConfig
+from pipeline.config import DataConfig, PipelineConfig
 
 
 @dataclass
@@ -43,12 +43,7 @@ def ensure_dataset(data: DataConfig) -> Path:
 
 def model_normalisation(config: PipelineConfig) -> tuple[tuple[int, int], tuple, tuple]:
     """(image_size, mean, std) of the configured model, without building it."""
-    from effdet_core import get_config
-
-    try:
-        model_cfg = get_config(config.model.variant, **config.model.overrides())
-    except ValueError as e:  # effdet_core names the field; say which config section it came from
-        raise ConfigError(f"model: {e}") from None
+    model_cfg = config.model.resolve()
     return model_cfg.image_size, model_cfg.mean, model_cfg.std
 
 
