@@ -224,6 +224,9 @@ class RayConfig:
     cpus_per_worker: float = 1.0
     address: str | None = None  # null: connect to RAY_ADDRESS or start a local Ray
     storage_path: str = "ray_results"  # made absolute in the driver; shared storage on a cluster
+    # storage_path is a filesystem mounted at the same path on every node (NFS, EFS, Filestore...): needed for a
+    # local-looking path on a multi-node cluster; verified by a probe when the run starts
+    shared_storage: bool = False
     name: str | None = None  # run name; null = a new timestamped one (or the latest with --resume)
     max_failures: int = 1  # worker-group restarts; each resumes from the last epoch checkpoint
     num_to_keep: int = 2  # epoch checkpoints kept by Ray (the best one is kept separately for MLflow)

@@ -174,8 +174,11 @@ def _mlflow_run(config: PipelineConfig, uri: str, name: str, label_map: dict, re
 
 
 def _init_ray(config: PipelineConfig) -> bool:
-    """Connect to (or start) Ray and check it can place the workers; True when this call started it."""
+    """Connect to (or start) Ray and check it can place the workers (counting what an autoscaler may add) and that
+    storage and tracking are reachable from every node the workers may use; True when this call started it."""
     import ray
+
+    from pipeline.cluster_storage import check_shared_storage, reachable_resources
 
     started = False
     if not ray.is_initialized():
@@ -185,15 +188,19 @@ def _init_ray(config: PipelineConfig) -> bool:
         else:  # local: the dashboard keeps placement groups tidy (see RAY_MLFLOW_NOTES)
             ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
         started = True
-    need_cpu = config.ray.num_workers * config.ray.cpus_per_worker
-    have = ray.cluster_resources()
-    if have.get("CPU", 0) < need_cpu or (config.ray.use_gpu and have.get("GPU", 0) < config.ray.num_workers):
+    try:
+        need_cpu = config.ray.num_workers * config.ray.cpus_per_worker
+        have = reachable_resources()  # an autoscaling cluster starts with its head alone
+        if have.get("CPU", 0) < need_cpu or (config.ray.use_gpu and have.get("GPU", 0) < config.ray.num_workers):
+            raise ConfigError(
+                f"ray.num_workers={config.ray.num_workers} x ray.cpus_per_worker={config.ray.cpus_per_worker}"
+                f"{' + 1 GPU each' if config.ray.use_gpu else ''} does not fit the cluster's resources {have}"
+            )
+        check_shared_storage(config, tracking.resolve_tracking_uri(config.mlflow.tracking_uri))
+    except BaseException:
         if started:
             ray.shutdown()
-        raise ConfigError(
-            f"ray.num_workers={config.ray.num_workers} x ray.cpus_per_worker={config.ray.cpus_per_worker}"
-            f"{' + 1 GPU each' if config.ray.use_gpu else ''} does not fit the cluster's resources {have}"
-        )
+        raise
     return started
 
 
