@@ -1,0 +1,168 @@
+"""Fixtures of the cluster tests: a real `ray start --head` on 127.0.0.1 with token authentication, a simulated
+two-node cluster (`ray.cluster_utils.Cluster`), and the tiny training config of tests/train.
+
+Every Ray process started here is stopped by its process group or its PID, never with `ray stop` (which would end
+every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import PipelineConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def _load_train_fixtures():
+    """tests/train/conftest.py's tiny-run settings and fixtures, reused rather than copied."""
+    spec = importlib.util.spec_from_file_location("train_fixtures", ROOT / "tests" / "train" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_train = _load_train_fixtures()
+TINY_OVERRIDES = _train.TINY_OVERRIDES
+free_port = _train.free_port
+one_torch_thread = _train.one_torch_thread
+tiny_dataset = _train.tiny_dataset
+mlflow_server = _train.mlflow_server
+
+
+def tiny_overrides(tiny_dataset: Path, out: Path, tracking_uri: str) -> list[str]:
+    """A tiny 2-worker run whose every output lives under `out`."""
+    return [
+        *TINY_OVERRIDES,
+        f"data.dir={tiny_dataset}",
+        f"ray.storage_path={out / 'ray_results'}",
+        f"train.output_dir={out / 'outputs'}",
+        f"mlflow.tracking_uri={tracking_uri}",
+        "mlflow.experiment=tests",
+    ]
+
+
+@pytest.fixture
+def tiny_config(tiny_dataset, tmp_path) -> PipelineConfig:
+    return load_config(None, tiny_overrides(tiny_dataset, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}"))
+
+
+@dataclass
+class RayHead:
+    address: str  # the dashboard / Jobs API, http://127.0.0.1:PORT
+    token: str
+    temp_dir: Path
+    log: Path
+
+
+def _processes_under(directory: Path) -> list[int]:
+    """PIDs (other than ours) whose command line or working directory lies under `directory`: what a Ray started
+    with that temp dir left behind (e.g. a job driver in its own session)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if str(directory) in cmdline or cwd.startswith(str(directory)):
+            found.append(int(entry.name))
+    return found
+
+
+def _stop_process_group(proc: subprocess.Popen, directory: Path) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    time.sleep(1)
+    for pid in _processes_under(directory):  # started by this head (its temp dir), so ours to end
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _wait_for_jobs_api(address: str, token: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.time() + 120
+    request = urllib.request.Request(f"{address}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
+    while True:
+        try:
+            urllib.request.urlopen(request, timeout=5).read()
+            return
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ray head did not start:\n{log.read_text()[-4000:]}") from None
+            time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """`ray start --head --block` on 127.0.0.1 (free ports, 2 CPUs, token auth with a fresh token), in its own
+    process group; the venv's bin first on PATH, as a cluster image has its Python on PATH."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's unix sockets live under it
+    token = secrets.token_hex(16)
+    dashboard_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
+    ports = {
+        "--port": free_port(),
+        "--dashboard-port": dashboard_port,
+        "--dashboard-agent-listen-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--ray-client-server-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+    }
+    command = [
+        str(VENV_BIN / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        "--num-cpus=2",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        "--block",
+        *(f"{flag}={port}" for flag, port in ports.items()),
+    ]
+    log = temp_dir / "head.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    head = RayHead(f"http://127.0.0.1:{dashboard_port}", token, temp_dir, log)
+    try:
+        _wait_for_jobs_api(head.address, token, proc, log)
+        yield head
+    finally:
+        _stop_process_group(proc, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def client_env(ray_head, tmp_path, monkeypatch) -> dict[str, str]:
+    """The environment of a user's shell that holds the cluster's token (and nothing else of Ray's)."""
+    for key in [k for k in os.environ if k.startswith(("RAY_ADDRESS", "RAY_AUTH", "RAY_API_SERVER"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.ray/auth_token of this machine
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_head.token)
+    return dict(os.environ)
