@@ -248,8 +248,9 @@ def gpu_only_settings_ignored(config: PipelineConfig) -> list[str]:
     return notes
 
 
-def prepare(config: PipelineConfig, resume: bool = False) -> tuple[PipelineConfig, str, str, dict]:
-    """Everything that can fail on bad input, before any training: paths, tracking store, dataset, run name."""
+def check_inputs(config: PipelineConfig) -> tuple[PipelineConfig, str, dict]:
+    """Everything that can fail on bad input, before any training: paths (made absolute), model, tracking store,
+    dataset. Returns the absolute config, the tracking URI and the label map."""
     from pipeline.data import load_label_map, validate_dataset
     from pipeline.training.inputs import ensure_dataset, model_normalisation
 
@@ -261,8 +262,13 @@ def prepare(config: PipelineConfig, resume: bool = False) -> tuple[PipelineConfi
     tracking.check_tracking_store(uri)
     ensure_dataset(config.data)
     validate_dataset(config.data.dir).raise_if_fatal()
-    name = _run_name(config, resume)
-    return config, uri, name, load_label_map(config.data.dir).to_dict()
+    return config, uri, load_label_map(config.data.dir).to_dict()
+
+
+def prepare(config: PipelineConfig, resume: bool = False) -> tuple[PipelineConfig, str, str, dict]:
+    """`check_inputs` plus the run name (a new one, or the one to resume)."""
+    config, uri, label_map = check_inputs(config)
+    return config, uri, _run_name(config, resume), label_map
 
 
 def train(config: PipelineConfig, resume: bool = False) -> TrainOutcome:

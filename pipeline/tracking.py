@@ -151,8 +151,16 @@ def ensure_experiment(client, name: str, tracking_uri: str) -> str:
         return experiment.experiment_id
 
 
-def start_run(config: PipelineConfig, tracking_uri: str, label_map: Mapping[str, Any], tmp_dir: Path) -> RunHandle:
-    """Create the run, log the flattened config as params and the config YAML + label map as artifacts."""
+def start_run(
+    config: PipelineConfig,
+    tracking_uri: str,
+    label_map: Mapping[str, Any],
+    tmp_dir: Path,
+    tags: Mapping[str, str] | None = None,
+) -> RunHandle:
+    """Create the run, log the flattened config as params and the config YAML + label map as artifacts.
+
+    `tags` add to (or replace) `pipeline.job=train`; a child run of a search carries `mlflow.parentRunId`."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
@@ -160,7 +168,9 @@ def start_run(config: PipelineConfig, tracking_uri: str, label_map: Mapping[str,
 
     client = MlflowClient(tracking_uri)
     experiment_id = ensure_experiment(client, config.mlflow.experiment, tracking_uri)
-    run = client.create_run(experiment_id, run_name=config.mlflow.run_name, tags={"pipeline.job": "train"})
+    run = client.create_run(
+        experiment_id, run_name=config.mlflow.run_name, tags={"pipeline.job": "train", **(tags or {})}
+    )
     handle = RunHandle(tracking_uri, experiment_id, run.info.run_id)
     params = [Param(k, str(v)) for k, v in flatten(config).items()]
     for i in range(0, len(params), 100):  # the REST API caps a batch at 100 params

@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, str] = {
     "models": "pipeline.cli.models",
     "data": "pipeline.cli.data",
     "train": "pipeline.cli.train",
+    "tune": "pipeline.cli.tune",
     "registry": "pipeline.cli.registry",
     "evaluate": "pipeline.cli.evaluate",
     "predict": "pipeline.cli.predict",

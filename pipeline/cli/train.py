@@ -15,15 +15,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train EfficientDet with Ray Train, tracked in MLflow (main job)")
-    parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name} when present)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value, e.g. --set train.epochs=3 (repeatable)",
-    )
+    add_config_arguments(parser)
     parser.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (ray.num_workers)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker (ray.use_gpu=true)")
     parser.add_argument(
@@ -39,17 +31,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def resolve_config(args: argparse.Namespace):
-    """The config file plus flag overrides; the flags win over --set."""
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE` and `--set section.key=value`: the job's configuration (train, and the base of a search)."""
+    parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name} when present)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.epochs=3 (repeatable)",
+    )
+
+
+def load_job_config(args: argparse.Namespace, flag_overrides: list[str]):
+    """The config file, then --set, then the command's own flags (which win)."""
     from pipeline.config import load_config
 
     path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    overrides = list(args.overrides)
+    return load_config(path, [*args.overrides, *flag_overrides])
+
+
+def resolve_config(args: argparse.Namespace):
+    """The config file plus flag overrides; the flags win over --set."""
+    overrides = []
     if args.num_workers is not None:
         overrides.append(f"ray.num_workers={args.num_workers}")
     if args.use_gpu:
         overrides.append("ray.use_gpu=true")
-    return load_config(path, overrides)
+    return load_job_config(args, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
