@@ -88,7 +88,7 @@ def _processes_under(directory: Path) -> list[int]:
 
 
 def _stop_process_group(proc: subprocess.Popen, directory: Path) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+    for sig, wait_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):  # `ray start --block` may ignore TERM
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
