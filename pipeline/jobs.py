@@ -11,6 +11,7 @@ import asyncio
 import getpass
 import importlib.metadata
 import json
+import logging
 import os
 import secrets
 import shlex
@@ -134,11 +135,22 @@ def auth_headers(address: str) -> tuple[dict[str, str], str]:
     return {"Authorization": f"Bearer {token}"}, source
 
 
+# Ray's client logs every packaged file and upload at INFO, and warns that .git/.venv are skipped (ours are too)
+QUIET_LOGGERS = {
+    "ray._private.runtime_env.packaging": logging.WARNING,
+    "ray.dashboard.modules.dashboard_sdk": logging.WARNING,
+    "ray.dashboard.modules.job.sdk": logging.WARNING,
+    "ray._private.runtime_env.working_dir": logging.ERROR,
+}
+
+
 def connect(address: str | None):
     """A `JobSubmissionClient` for the cluster, with clear errors for an unreachable address or a bad token."""
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    for name, level in QUIET_LOGGERS.items():  # after the import: dashboard_sdk sets its level when imported
+        logging.getLogger(name).setLevel(level)
     address = resolve_address(address)
     headers, source = auth_headers(address)
     try:

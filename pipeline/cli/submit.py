@@ -97,7 +97,28 @@ def _check_command(pipeline_args: list[str]) -> None:
     if command == "train":
         from pipeline.cli.train import resolve_config
 
-        resolve_config(parsed)
+        for note in job_path_notes(resolve_config(parsed)):
+            print(f"note: {note}", flush=True)
+
+
+def job_path_notes(config) -> list[str]:
+    """A job runs in a temporary copy of the repository: relative outputs and the default SQLite store land in it
+    and are lost with it. Said before submitting, not refused (a single-node test cluster may want exactly that)."""
+    from pathlib import Path
+
+    notes = []
+    for key, value in (("ray.storage_path", config.ray.storage_path), ("train.output_dir", config.train.output_dir)):
+        if "://" not in value and not Path(value).is_absolute():
+            notes.append(f"{key}={value!r} is relative: on the cluster it lands in the job's temporary working dir")
+    uri = config.mlflow.tracking_uri
+    if uri is None:
+        notes.append(
+            "mlflow.tracking_uri is not set: the job uses the cluster's MLFLOW_TRACKING_URI, else a SQLite "
+            "file in its temporary working dir"
+        )
+    elif uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        notes.append(f"mlflow.tracking_uri={uri!r} is relative: it lands in the job's temporary working dir")
+    return notes
 
 
 def _submit(args: argparse.Namespace, pipeline_args: list[str]) -> int:

@@ -189,3 +189,24 @@ def test_a_bad_command_is_refused_before_contacting_the_cluster(args, expected, 
     # nothing listens on port 9: a connection attempt would fail with another message
     assert main(["submit", "--address", "http://127.0.0.1:9", *args]) == 1
     assert expected in capsys.readouterr().err
+
+
+def test_relative_outputs_of_a_job_are_pointed_out(tmp_path):
+    from pipeline.cli.submit import job_path_notes
+    from pipeline.config import load_config
+
+    notes = job_path_notes(load_config(ROOT / "configs" / "smoke.yaml"))
+    assert [note.split("=")[0].split(" ")[0] for note in notes] == [
+        "ray.storage_path",
+        "train.output_dir",
+        "mlflow.tracking_uri",
+    ]
+    remote = load_config(
+        ROOT / "configs" / "smoke.yaml",
+        [
+            "ray.storage_path=s3://bucket/effdet",
+            f"train.output_dir={tmp_path}",
+            "mlflow.tracking_uri=http://mlflow:5000",
+        ],
+    )
+    assert job_path_notes(remote) == []
