@@ -26,8 +26,12 @@ def fit_search(ctx: SearchContext, options, config: PipelineConfig, experiment_p
     """Run (or resume) the search on Ray and return one row per trial."""
     import ray
 
+    from pipeline.cluster_storage import check_shared_storage
+
     started = _init_ray(config)
     try:
+        # trial drivers run where `train_driver` is (the head), their workers anywhere: the same checks as train
+        check_shared_storage(config, ctx.parent.tracking_uri)
         concurrency = _concurrency(config, options)
         print(f"search {ctx.name}: up to {concurrency} trial(s) at a time; Tune experiment {experiment_path}")
         _tuner(ctx, options, config, experiment_path, concurrency).fit()
@@ -60,9 +64,9 @@ def _init_ray(config: PipelineConfig) -> bool:
 
 def _concurrency(config: PipelineConfig, options) -> int:
     """Trials at once: what the cluster's CPUs/GPUs and driver slots fit, capped by --max-concurrent-trials."""
-    import ray
+    from pipeline.cluster_storage import reachable_resources
 
-    have = ray.cluster_resources()
+    have = reachable_resources()  # an autoscaling cluster counts what it may grow to
     drivers = int(have.get(DRIVER_RESOURCE, 0))
     if drivers < 1:
         raise ConfigError(
@@ -74,11 +78,9 @@ def _concurrency(config: PipelineConfig, options) -> int:
     if config.ray.use_gpu:
         fits.append(int(have.get("GPU", 0) // workers))
     need = f"{workers} worker(s) x {config.ray.cpus_per_worker} CPU{' + 1 GPU' if config.ray.use_gpu else ''}"
-    if options.max_concurrent_trials is not None:
-        return min(options.max_concurrent_trials, drivers)  # an autoscaling cluster grows to fit
     if min(fits) < 1:
         raise ConfigError(f"one trial needs {need}; the cluster has {dict(have)} (lower --workers-per-trial)")
-    return min(fits)
+    return min(fits + [options.max_concurrent_trials or drivers])
 
 
 def _search_algorithm(options, seed: int, concurrency: int):
