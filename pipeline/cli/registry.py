@@ -1,4 +1,5 @@
-"""`run_pipeline.py registry list|show|promote|export`: browse the MLflow model registry, move aliases, export.
+"""`run_pipeline.py registry list|show|register|promote|export`: browse the MLflow model registry, register a
+training checkpoint, move aliases, export.
 
 Also holds the small helpers the `evaluate` and `predict` subcommands share (tracking URI option, errors).
 """
@@ -44,7 +45,7 @@ def guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("registry", help="registered models: list, show, promote, export")
+    parser = subparsers.add_parser("registry", help="registered models: list, show, register, promote, export")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
     actions = parser.add_subparsers(dest="registry_command", metavar="ACTION")
 
@@ -55,6 +56,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show = actions.add_parser("show", help="one version: aliases, tags, source")
     show.add_argument("ref", help="NAME (= NAME@champion), NAME@ALIAS or NAME/VERSION, optionally models:/...")
     show.set_defaults(func=guarded(_show))
+
+    register = actions.add_parser("register", help="register a training checkpoint as a new version")
+    register.add_argument("checkpoint", help="a checkpoint directory (or its checkpoint.pt), e.g. .../best_checkpoint")
+    register.add_argument("name", help="registered model name")
+    register.add_argument(
+        "--data", required=True, help="the dataset whose val split the checkpoint's metrics come from (champion rule)"
+    )
+    register.add_argument("--run-id", default=None, help="the MLflow run that trained it (links the version)")
+    register.add_argument("--weights", choices=["best", "last"], default="best", help="best epoch (default) or last")
+    register.add_argument("--force", action="store_true", help="make it champion regardless")
+    register.set_defaults(func=guarded(_register))
 
     promote = actions.add_parser("promote", help="point an alias (default champion) at a version")
     promote.add_argument("name")
@@ -70,7 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--opset", type=int, default=18)
     export.set_defaults(func=guarded(_export))
 
-    for sub in (list_, show, promote, export):
+    for sub in (list_, show, register, promote, export):
         add_tracking_uri(sub)
 
 
@@ -123,6 +135,31 @@ def _show(args: argparse.Namespace) -> int:
     print("tags:")
     for key in sorted(v.tags):
         print(f"  {key:<20} {v.tags[key]}")
+    return 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.registry import dataset_fingerprint, register_from_checkpoint
+    from pipeline.training.checkpoint import CheckpointError
+
+    try:
+        registration = register_from_checkpoint(
+            args.checkpoint,
+            args.name,
+            tracking_uri(args),
+            metrics=None,  # the chosen weights' val metrics, from the checkpoint
+            dataset_fingerprint=dataset_fingerprint(Path(args.data).resolve(), "val"),
+            run_id=args.run_id,
+            weights=args.weights,
+            force=args.force,
+        )
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    aliases = ", ".join(registration.aliases) or "none"
+    print(f"registered {registration.model_uri} (aliases: {aliases}): {registration.decision.reason}")
     return 0
 
 

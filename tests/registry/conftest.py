@@ -127,3 +127,9 @@ def label_map() -> LabelMap:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def make_state():
+    """`tiny_state(seed, ap)`: a training checkpoint as the loop writes it."""
+    return tiny_state

@@ -91,3 +91,25 @@ def test_cli_errors_are_one_clear_line(registry, tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # failed before any output
     assert main(["evaluate", "--model", "nope", "--data", str(registry.dataset), "--tracking-uri", registry.uri]) == 1
     assert "no registered model 'nope'" in capsys.readouterr().err
+
+
+def test_register_verb_adds_checkpoints_as_versions_under_the_champion_rule(registry, make_state, tmp_path, capsys):
+    from pipeline.cli import main
+    from pipeline.registry.registry import get_version
+    from pipeline.training.checkpoint import save_checkpoint
+
+    name = "cli-registered"  # its own model: the session's registry fixture keeps its versions
+    outputs = []
+    for seed, ap in ((7, 0.4), (8, 0.001)):
+        checkpoint = save_checkpoint(make_state(seed=seed, ap=ap), tmp_path / f"ckpt{seed}")
+        args = ["registry", "register", str(checkpoint), name, "--data", str(registry.dataset)]
+        assert main([*args, "--tracking-uri", registry.uri]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert f"registered models:/{name}/1 (aliases: champion)" in outputs[0]
+    assert f"registered models:/{name}/2 (aliases: challenger)" in outputs[1]  # worse: champion stays on 1
+    weak = get_version(registry.uri, f"{name}/2")
+    assert float(weak.tags["val_AP"]) == 0.001 and weak.tags["dataset_fingerprint"] == registry.fingerprint
+    missing = tmp_path / "nope"
+    args = ["registry", "register", str(missing), name, "--data", str(registry.dataset), "--tracking-uri", registry.uri]
+    assert main(args) == 1
+    assert str(missing) in capsys.readouterr().err
