@@ -198,14 +198,18 @@ def pinned_requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> list[
     return pinned
 
 
+# `submit stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default: 3). The job closes its MLflow
+# run as KILLED and a search saves its state for --resume; both need longer than 3 s on a busy head.
+STOP_GRACE_ENV = {"RAY_JOB_STOP_WAIT_TIME_S": "30"}
+
+
 def runtime_env(install: bool = True, env_vars: dict[str, str] | None = None, working_dir: Path = REPO_ROOT) -> dict:
     """Working dir = this repository (without venvs, data, outputs, local stores); pip = pinned requirements,
     unless `install=False` (the cluster image already has the environment: no per-job install)."""
     env: dict[str, Any] = {"working_dir": str(working_dir), "excludes": list(WORKING_DIR_EXCLUDES)}
     if install:
         env["pip"] = {"packages": pinned_requirements(working_dir / "pyproject.toml"), "pip_check": False}
-    if env_vars:
-        env["env_vars"] = dict(env_vars)
+    env["env_vars"] = {**STOP_GRACE_ENV, **(env_vars or {})}
     return env
 
 

@@ -8,10 +8,13 @@ loaders (this rank's shard), prepare the model (DDP; gloo on CPU), train, report
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -173,6 +176,21 @@ def _mlflow_run(config: PipelineConfig, uri: str, name: str, label_map: dict, re
     return handle
 
 
+@contextlib.contextmanager
+def keep_sigterm_handler():
+    """`ray.init` installs its own SIGTERM handlers (exit at once, leaving the MLflow run RUNNING); a handler the
+    caller installed (the CLI's graceful stop) is put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(previous):  # a Python handler of the caller's, not the default action
+            signal.signal(signal.SIGTERM, previous)
+
+
 def _init_ray(config: PipelineConfig) -> bool:
     """Connect to (or start) Ray and check it can place the workers (counting what an autoscaler may add) and that
     storage and tracking are reachable from every node the workers may use; True when this call started it."""
@@ -183,10 +201,13 @@ def _init_ray(config: PipelineConfig) -> bool:
     started = False
     if not ray.is_initialized():
         address = config.ray.address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address)
-        else:  # local: the dashboard keeps placement groups tidy (see RAY_MLFLOW_NOTES)
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+        with keep_sigterm_handler():
+            if address:
+                ray.init(address=address)
+            else:  # local: the dashboard keeps placement groups tidy (see RAY_MLFLOW_NOTES)
+                ray.init(
+                    num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True
+                )
         started = True
     try:
         need_cpu = config.ray.num_workers * config.ray.cpus_per_worker
@@ -305,7 +326,7 @@ def _fit(config: PipelineConfig, name: str, run: tracking.RunHandle):
             f"training failed after ray.max_failures={config.ray.max_failures} restarts: {e}\n"
             f"the last epoch checkpoint is kept: resume with --resume (run {name!r} in {config.ray.storage_path})"
         ) from e
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl+C ends in SystemExit from Ray Train's own SIGINT handler
         tracking.end_run(run, "KILLED")
         raise
     with result.checkpoint.as_directory() as directory:

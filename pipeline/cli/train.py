@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -62,6 +64,23 @@ def resolve_config(args: argparse.Namespace):
     return load_job_config(args, overrides)
 
 
+def stop_gracefully_on_sigterm(forward_to_sigint: bool = False) -> None:
+    """`submit stop`, `kill` and Kubernetes send SIGTERM, which would end the process without closing anything.
+
+    Training turns it into a KeyboardInterrupt, which closes its MLflow run as KILLED (Ray Train's own Ctrl+C
+    handler ends the process with SystemExit instead); a search forwards it as SIGINT, on which Tune saves the
+    search's state for --resume.
+    """
+
+    def interrupt(signum, frame):
+        if forward_to_sigint:
+            os.kill(os.getpid(), signal.SIGINT)
+        else:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError, to_yaml
     from pipeline.data import DatasetError
@@ -74,11 +93,15 @@ def run(args: argparse.Namespace) -> int:
         if args.register is not None and not args.register.strip():
             raise ConfigError("--register needs a non-empty model name")
         print("resolved config:\n" + to_yaml(config), flush=True)
+        stop_gracefully_on_sigterm()
         outcome = train(config, resume=args.resume)
         registration = _register(args, config, outcome) if args.register else None
     except (ConfigError, DatasetError, TrackingError, CheckpointError, TrainingJobError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: the MLflow run is marked KILLED; continue from the last epoch with --resume", flush=True)
+        return 130
     m = outcome.report.metrics
     print(
         f"\ndone in {outcome.wall_s / 60:.1f} min: best epoch {outcome.report.best_epoch}, "

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from pipeline.cli.train import add_config_arguments, load_job_config
+from pipeline.cli.train import add_config_arguments, load_job_config, stop_gracefully_on_sigterm
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -94,10 +94,14 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's live table with our columns (the new output has none)
     try:
         config = _base_config(args)
+        stop_gracefully_on_sigterm(forward_to_sigint=True)  # Tune saves the search state on SIGINT
         outcome = run_search(config, _options(args, config))
     except (ConfigError, DatasetError, TrackingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: continue the search with the same command plus --resume", flush=True)
+        return 130
     print(f"\nsearch {outcome.name}: {len(outcome.rows)} trials in {outcome.wall_s / 60:.1f} min")
     if outcome.rows:
         print(format_table(outcome.rows))

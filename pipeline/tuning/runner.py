@@ -47,18 +47,21 @@ def _init_ray(config: PipelineConfig) -> bool:
 
     if ray.is_initialized():
         return False
+    from pipeline.ray_train import keep_sigterm_handler
+
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:  # the dashboard keeps ASHA-stopped trials from leaking placement groups (RAY_MLFLOW_NOTES)
-        cpus = os.cpu_count() or 1
-        ray.init(
-            num_cpus=cpus,
-            resources={DRIVER_RESOURCE: cpus},
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            log_to_driver=True,
-        )
+    with keep_sigterm_handler():
+        if address:
+            ray.init(address=address)
+        else:  # the dashboard keeps ASHA-stopped trials from leaking placement groups (RAY_MLFLOW_NOTES)
+            cpus = os.cpu_count() or 1
+            ray.init(
+                num_cpus=cpus,
+                resources={DRIVER_RESOURCE: cpus},
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                log_to_driver=True,
+            )
     return True
 
 
@@ -132,7 +135,8 @@ def _tuner(ctx: SearchContext, options, config: PipelineConfig, experiment_path:
             scheduler=scheduler,
             search_alg=_search_algorithm(options, config.train.seed, concurrency),
             num_samples=options.num_samples,
-            max_concurrent_trials=concurrency,
+            # a Searcher (Optuna) is capped by Tune; our variant generator caps itself (Tune warns otherwise)
+            max_concurrent_trials=concurrency if options.algorithm != "random" else None,
         ),
         run_config=tune.RunConfig(name=name, storage_path=storage, progress_reporter=reporter, verbose=1),
     )

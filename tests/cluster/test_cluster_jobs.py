@@ -81,20 +81,36 @@ def test_submitted_training_job_succeeds_and_its_mlflow_run_exists(ray_head, cli
     assert run.info.run_id in logs
 
 
-def test_stop_ends_a_running_job(ray_head, client_env, tiny_config_file, capsys):
-    config_file, _ = tiny_config_file
+def test_stop_ends_a_running_job_and_its_mlflow_run_is_closed(ray_head, client_env, tiny_config_file, capsys):
+    config_file, tracking_uri = tiny_config_file  # a tmp_path of its own: this store holds only this job's run
     job_id = f"effdet-stop-{time.time_ns()}"
     address = ["--address", ray_head.address]
     long_run = ["--", "train", "--config", str(config_file), "--set", "train.epochs=50"]
     code, _, err = cli(capsys, "submit", *address, "--no-install", "--job-id", job_id, *long_run)
     assert code == 0, err
     assert wait_for_status(ray_head.address, job_id, {"RUNNING", "FAILED", "SUCCEEDED"}) == "RUNNING"
+    run_id = _first_epoch_logged(tracking_uri, timeout=180)  # stopped mid-training, not during start-up
 
     code, stopped, _ = cli(capsys, "submit", "stop", job_id, *address)
     assert code == 0 and f"stop requested for {job_id}" in stopped
     assert wait_for_status(ray_head.address, job_id, {"STOPPED", "FAILED", "SUCCEEDED"}, 60) == "STOPPED"
     _, again, _ = cli(capsys, "submit", "stop", job_id, *address)
     assert "had already ended: STOPPED" in again
+    # SIGTERM reached the job as an interruption (within RAY_JOB_STOP_WAIT_TIME_S): its run is closed, not RUNNING
+    assert MlflowClient(tracking_uri).get_run(run_id).info.status == "KILLED"
+
+
+def _first_epoch_logged(tracking_uri: str, timeout: float) -> str:
+    """The id of the store's one run, once it has logged epoch 1."""
+    client = MlflowClient(tracking_uri)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        experiment = client.get_experiment_by_name("tests")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
+            return runs[0].info.run_id
+        time.sleep(1)
+    raise AssertionError(f"no epoch logged in {tracking_uri} within {timeout:.0f} s")
 
 
 def test_token_errors_say_what_to_do(ray_head, client_env, monkeypatch, tmp_path, capsys):

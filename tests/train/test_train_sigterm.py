@@ -1,0 +1,49 @@
+"""SIGTERM (what `submit stop`, `kill` and Kubernetes send) ends a training job like Ctrl+C: its MLflow run is
+closed as KILLED, not left RUNNING, and the job can be resumed."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import replace, save_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_sigterm_closes_the_mlflow_run_as_killed(tiny_config, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    config = replace(tiny_config, train={"epochs": 30}, ray={"num_workers": 1})  # far longer than the test waits
+    path = save_config(config, tmp_path / "job.yaml")
+    log_path = tmp_path / "job.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "run_pipeline.py", "train", "--config", str(path)],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.time() + 240
+            while "epoch 1/30" not in log_path.read_text() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.5)
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            proc.send_signal(signal.SIGTERM)
+            returncode = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    output = log_path.read_text()
+    assert returncode == 130, output[-3000:]
+    assert "interrupted: the MLflow run is marked KILLED" in output
+    client = MlflowClient(config.mlflow.tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id])
+    assert run.info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")][0] == 1
