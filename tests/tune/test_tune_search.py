@@ -1,5 +1,5 @@
-"""A real search through the CLI, as a user runs it: 3 tiny trials with ASHA on CPU, interrupted with Ctrl+C
-after the first trial and resumed. One search (about 3 minutes on 2 cores) serves every test in this module.
+"""A real search through the CLI, as a user runs it: 3 tiny trials with ASHA on CPU, stopped with SIGTERM (what
+`submit stop` and Kubernetes send; the CLI hands it to Tune's Ctrl+C handling) after the first trial, and resumed. One search (about 3 minutes on 2 cores) serves every test in this module.
 
 The trials differ only in learning rate: 0.64 (per 64 images) learns visibly in one epoch on this data (val AP
 about 0.003 after epoch 1), 1e-6 and 1e-7 do not (about 1e-4), so ASHA's choice is deterministic, not noise.
@@ -93,7 +93,7 @@ def search(tmp_path_factory) -> SimpleNamespace:
         proc = subprocess.Popen(tune_command(root), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_for_second_trial(proc, runs)
-            proc.send_signal(signal.SIGINT)  # what Ctrl+C does
+            proc.send_signal(signal.SIGTERM)
             first_rc = proc.wait(timeout=180)
         finally:
             if proc.poll() is None:
