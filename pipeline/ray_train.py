@@ -36,7 +36,7 @@ class TrainingJobError(RuntimeError):
 @dataclass
 class TrainOutcome:
     name: str  # Ray Train run name: resume with the same storage_path + name
-    run_dir: Path
+    run_dir: str  # where Ray Train keeps the run: a path, or a URI for object storage
     run: tracking.RunHandle
     report: FinalReport
     last_metrics: dict[str, Any]
@@ -138,22 +138,41 @@ def _absolute(config: PipelineConfig) -> PipelineConfig:
 
 
 def _meta_dir(config: PipelineConfig) -> Path:
-    return Path(config.ray.storage_path) / "_pipeline"
+    """The driver's bookkeeping (MLflow run of each Ray run, the latest run): beside the runs on a filesystem,
+    beside the local outputs when the runs live in object storage (s3://, gs://)."""
+    storage = config.ray.storage_path
+    if "://" in storage:
+        return Path(config.train.output_dir) / "_pipeline"
+    return Path(storage) / "_pipeline"
+
+
+def run_location(storage: str, name: str) -> str:
+    """Where Ray Train keeps run `name`: a path, or a URI for object storage."""
+    return f"{storage.rstrip('/')}/{name}"
+
+
+def _run_exists(storage: str, name: str) -> bool:
+    if "://" not in storage:
+        return Path(run_location(storage, name)).exists()
+    import pyarrow.fs
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(run_location(storage, name))
+    return filesystem.get_file_info(root).type != pyarrow.fs.FileType.NotFound
 
 
 def _run_name(config: PipelineConfig, resume: bool) -> str:
     """Resume is by identity (storage_path + name): a fresh run gets a new name, `--resume` the latest one."""
-    storage = Path(config.ray.storage_path)
+    storage = config.ray.storage_path
     if resume:
         name = config.ray.name
         latest = _meta_dir(config) / "latest"
         if name is None and latest.is_file():
             name = latest.read_text(encoding="utf-8").strip()
-        if name is None or not (storage / name).is_dir():
-            raise ConfigError(f"--resume: no run {name or '(latest)'} under ray.storage_path={str(storage)!r}")
+        if name is None or not _run_exists(storage, name):
+            raise ConfigError(f"--resume: no run {name or '(latest)'} under ray.storage_path={storage!r}")
         return name
     name = config.ray.name or datetime.now().strftime("effdet-%Y%m%d-%H%M%S")
-    if (storage / name).exists():
+    if _run_exists(storage, name):
         raise ConfigError(
             f"ray.name={name!r}: a run of that name exists under {storage}; pass --resume to "
             "continue it or choose another ray.name"
@@ -311,7 +330,7 @@ def train(config: PipelineConfig, resume: bool = False) -> TrainOutcome:
         tracking.end_run(run, "FAILED")
         raise
     wall = time.perf_counter() - start
-    return TrainOutcome(name, Path(config.ray.storage_path) / name, run, report, dict(last.metrics), wall)
+    return TrainOutcome(name, run_location(config.ray.storage_path, name), run, report, dict(last.metrics), wall)
 
 
 def _fit(config: PipelineConfig, name: str, run: tracking.RunHandle):

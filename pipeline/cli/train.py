@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         f"val AP {m.get('val_AP', float('nan')):.3f}, AP50 {m.get('val_AP50', float('nan')):.3f}\n"
         f"MLflow run {outcome.run.run_id} ({outcome.run.url()}) in {outcome.run.tracking_uri}\n"
         f"  view it: {ui_hint(outcome.run.tracking_uri)}\n"
-        f"Ray Train run {outcome.name!r} in {outcome.run_dir.parent} (resume: --resume --set ray.name={outcome.name})\n"
+        f"Ray Train run {outcome.run_dir} (resume: --resume --set ray.name={outcome.name})\n"
         f"best checkpoint: {outcome.report.files['best_checkpoint']}",
         flush=True,
     )

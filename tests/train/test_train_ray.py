@@ -56,7 +56,7 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(tiny_config):
     local = Path(client.download_artifacts(run.info.run_id, "best_checkpoint"))
     best = load_checkpoint(local)
     assert best.label_map["names"] == ["circle", "square", "triangle"] and best.optimizer is None
-    assert (outcome.run_dir / "epoch_0002").is_dir()  # Ray kept the last epoch checkpoint
+    assert (Path(outcome.run_dir) / "epoch_0002").is_dir()  # Ray kept the last epoch checkpoint
 
     # `train --register NAME`: the best checkpoint becomes version 1, champion, linked to this run.
     registration = train_cli._register(
