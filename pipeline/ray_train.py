@@ -184,13 +184,10 @@ def _mlflow_run(config: PipelineConfig, uri: str, name: str, label_map: dict, re
     """Continue the run's MLflow run on resume (same tracking store), else start one."""
     meta = _meta_dir(config) / f"{name}.json"
     if resume and meta.is_file():
-        handle = tracking.RunHandle.from_json(meta.read_text(encoding="utf-8"))
+        handle = tracking.RunHandle.load(meta)
         if handle.tracking_uri == uri:
             return tracking.resume_run(handle)
-    with tempfile.TemporaryDirectory() as tmp:
-        handle = tracking.start_run(config, uri, label_map, Path(tmp))
-    meta.parent.mkdir(parents=True, exist_ok=True)
-    meta.write_text(handle.to_json(), encoding="utf-8")
+    handle = tracking.start_run(config, uri, label_map, record=meta)
     (meta.parent / "latest").write_text(name, encoding="utf-8")
     return handle
 
@@ -210,9 +207,12 @@ def keep_sigterm_handler():
             signal.signal(signal.SIGTERM, previous)
 
 
-def _init_ray(config: PipelineConfig) -> bool:
+def init_ray(config: PipelineConfig, local_resources: dict[str, float] | None = None) -> bool:
     """Connect to (or start) Ray and check it can place the workers (counting what an autoscaler may add) and that
-    storage and tracking are reachable from every node the workers may use; True when this call started it."""
+    storage and tracking are reachable from every node the workers may use; True when this call started it.
+
+    `local_resources`: custom resources of a Ray started here (a search's `train_driver` slots); a cluster
+    declares its own in its definition (see cluster/)."""
     import ray
 
     from pipeline.cluster_storage import check_shared_storage, reachable_resources
@@ -223,9 +223,13 @@ def _init_ray(config: PipelineConfig) -> bool:
         with keep_sigterm_handler():
             if address:
                 ray.init(address=address)
-            else:  # local: the dashboard keeps placement groups tidy (see RAY_MLFLOW_NOTES)
+            else:  # local: the dashboard keeps placement groups tidy, ASHA-stopped trials too (RAY_MLFLOW_NOTES)
                 ray.init(
-                    num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True
+                    num_cpus=os.cpu_count(),
+                    resources=local_resources,
+                    include_dashboard=True,
+                    dashboard_host="127.0.0.1",
+                    log_to_driver=True,
                 )
         started = True
     try:
@@ -317,7 +321,7 @@ def train(config: PipelineConfig, resume: bool = False) -> TrainOutcome:
 
     start = time.perf_counter()
     config, uri, name, label_map = prepare(config, resume)
-    started_ray = _init_ray(config)
+    started_ray = init_ray(config)
     try:
         run = _mlflow_run(config, uri, name, label_map, resume)
         last = _fit(config, name, run)

@@ -123,12 +123,13 @@ class RunHandle:
             return f"{self.tracking_uri.rstrip('/')}/{path}"
         return f"experiment {self.experiment_id}, run {self.run_id}"
 
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__)
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.__dict__), encoding="utf-8")
 
     @classmethod
-    def from_json(cls, text: str) -> RunHandle:
-        return cls(**json.loads(text))
+    def load(cls, path: Path) -> RunHandle:
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
 def ensure_experiment(client, name: str, tracking_uri: str) -> str:
@@ -155,12 +156,15 @@ def start_run(
     config: PipelineConfig,
     tracking_uri: str,
     label_map: Mapping[str, Any],
-    tmp_dir: Path,
     tags: Mapping[str, str] | None = None,
+    record: Path | None = None,
 ) -> RunHandle:
     """Create the run, log the flattened config as params and the config YAML + label map as artifacts.
 
-    `tags` add to (or replace) `pipeline.job=train`; a child run of a search carries `mlflow.parentRunId`."""
+    `tags` add to (or replace) `pipeline.job=train`; a child run of a search carries `mlflow.parentRunId`.
+    `record`: a file that keeps the run's handle, so a resumed job continues the same run (`RunHandle.load`)."""
+    import tempfile
+
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
@@ -175,11 +179,13 @@ def start_run(
     params = [Param(k, str(v)) for k, v in flatten(config).items()]
     for i in range(0, len(params), 100):  # the REST API caps a batch at 100 params
         client.log_batch(handle.run_id, params=params[i : i + 100])
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    client.log_artifact(handle.run_id, str(save_config(config, tmp_dir / "config.yaml")))
-    label_map_file = tmp_dir / "label_map.json"
-    label_map_file.write_text(json.dumps(dict(label_map), indent=2), encoding="utf-8")
-    client.log_artifact(handle.run_id, str(label_map_file))
+    with tempfile.TemporaryDirectory() as tmp:
+        client.log_artifact(handle.run_id, str(save_config(config, Path(tmp) / "config.yaml")))
+        label_map_file = Path(tmp) / "label_map.json"
+        label_map_file.write_text(json.dumps(dict(label_map), indent=2), encoding="utf-8")
+        client.log_artifact(handle.run_id, str(label_map_file))
+    if record is not None:
+        handle.save(record)
     return handle
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from effdet_core import count_flops, count_parameters, latency_device, measure_latency_ms
+from effdet_core import count_flops, count_parameters, measure_latency_ms
 from pipeline.config import PipelineConfig
 
 
@@ -23,9 +23,3 @@ def model_cost(config: PipelineConfig, num_classes: int, device: torch.device) -
         "latency_ms": median,
         "latency_ms_min": fastest,
     }
-
-
-def cost_device(device: torch.device) -> str:
-    """Where latency was measured, e.g. "cpu, 1 threads" or the GPU's name."""
-    probe = torch.nn.Linear(1, 1).to(device)
-    return latency_device(probe)

@@ -26,12 +26,12 @@ def fit_search(ctx: SearchContext, options, config: PipelineConfig, experiment_p
     """Run (or resume) the search on Ray and return one row per trial."""
     import ray
 
-    from pipeline.cluster_storage import check_shared_storage
+    from pipeline.ray_train import init_ray
 
-    started = _init_ray(config)
+    # the same checks as train (workers fit, storage and tracking every node reaches); a Ray started here gets
+    # one trial-driver slot per CPU
+    started = init_ray(config, local_resources={DRIVER_RESOURCE: os.cpu_count() or 1})
     try:
-        # trial drivers run where `train_driver` is (the head), their workers anywhere: the same checks as train
-        check_shared_storage(config, ctx.parent.tracking_uri)
         concurrency = _concurrency(config, options)
         print(f"search {ctx.name}: up to {concurrency} trial(s) at a time; Tune experiment {experiment_path}")
         _tuner(ctx, options, config, experiment_path, concurrency).fit()
@@ -39,30 +39,6 @@ def fit_search(ctx: SearchContext, options, config: PipelineConfig, experiment_p
     finally:
         if started:
             ray.shutdown()
-
-
-def _init_ray(config: PipelineConfig) -> bool:
-    """Connect to RAY_ADDRESS / ray.address, or start a local Ray whose head holds the trial drivers' resource."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    from pipeline.ray_train import keep_sigterm_handler
-
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
-    with keep_sigterm_handler():
-        if address:
-            ray.init(address=address)
-        else:  # the dashboard keeps ASHA-stopped trials from leaking placement groups (RAY_MLFLOW_NOTES)
-            cpus = os.cpu_count() or 1
-            ray.init(
-                num_cpus=cpus,
-                resources={DRIVER_RESOURCE: cpus},
-                include_dashboard=True,
-                dashboard_host="127.0.0.1",
-                log_to_driver=True,
-            )
-    return True
 
 
 def _concurrency(config: PipelineConfig, options) -> int:

@@ -10,7 +10,7 @@ Layout of a search named N (resume is by that name, as for training):
 from __future__ import annotations
 
 import json
-import tempfile
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -83,7 +83,7 @@ class SearchOutcome:
     @property
     def best(self) -> TrialRow | None:
         top = ranked(self.rows)
-        return top[0] if top and top[0].val_AP == top[0].val_AP else None  # nan != nan: nothing evaluated
+        return top[0] if top and math.isfinite(top[0].val_AP) else None  # nan: no trial ever evaluated
 
 
 def run_search(base: PipelineConfig, options: SearchOptions) -> SearchOutcome:
@@ -176,17 +176,15 @@ def _parent_run(
     """The search's MLflow run (continued on resume): base config, search options and the space files."""
     record = meta_dir / "parent_run.json"
     if record.is_file():
-        return tracking.resume_run(tracking.RunHandle.from_json(record.read_text(encoding="utf-8")))
+        return tracking.resume_run(tracking.RunHandle.load(record))
     tags = {"pipeline.job": "tune", "tune.search": name, "tune.spaces": ", ".join(space.sources)}
-    with tempfile.TemporaryDirectory() as tmp:
-        run_config = replace(config, mlflow={"run_name": name})
-        handle = tracking.start_run(run_config, uri, label_map, Path(tmp), tags=tags)
+    handle = tracking.start_run(replace(config, mlflow={"run_name": name}), uri, label_map, tags=tags)
     client = handle.client()
     for key, value in options.spec().items():
         client.log_param(handle.run_id, f"tune.{key}", str(value))
     for source in space.sources:
         client.log_artifact(handle.run_id, source, "spaces")
-    record.write_text(handle.to_json(), encoding="utf-8")
+    handle.save(record)  # last: a search whose parent run is half set up starts a new one
     return handle
 
 
@@ -220,9 +218,9 @@ def _close_child_runs(ctx: SearchContext, rows: list[TrialRow]) -> None:
         record = ctx.child_run_file(row.trial_id)
         if not record.is_file() or row.status == "pending":
             continue
-        run = tracking.RunHandle.from_json(record.read_text(encoding="utf-8"))
+        run = tracking.RunHandle.load(record)
         run.client().set_tag(run.run_id, "tune.status", row.status)
-        if row.val_AP == row.val_AP:  # not nan: it evaluated at least once
+        if math.isfinite(row.val_AP):  # it evaluated at least once
             best = {"val_AP": row.val_AP, "val_AP50": row.val_AP50, "epoch": row.best_epoch}
             tracking.log_metrics(run, best, prefix="best_")
         tracking.end_run(run, "FAILED" if row.status == "error" else "FINISHED")
@@ -243,7 +241,7 @@ def _register_best(config: PipelineConfig, ctx: SearchContext, best: TrialRow, m
         raise ConfigError(f"trial {best.trial_id} reported no checkpoint; nothing to register")
     with Checkpoint(path=best.checkpoint_path).as_directory() as directory:
         state = load_checkpoint(directory)
-    child = tracking.RunHandle.from_json(ctx.child_run_file(best.trial_id).read_text(encoding="utf-8"))
+    child = tracking.RunHandle.load(ctx.child_run_file(best.trial_id))
     registration = register_from_checkpoint(
         state,
         options.register,

@@ -8,7 +8,6 @@ restored trial continues its Train run from the last epoch checkpoint instead of
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ from pipeline import tracking
 from pipeline.config import PipelineConfig, from_dict
 from pipeline.tuning.space import SearchSpace, apply_overrides
 
-TRIAL_RESOURCES = {"cpu": 0, "train_driver": 1}  # a trial's driver; its Train workers ask for the real resources
-DRIVER_RESOURCE = "train_driver"
+DRIVER_RESOURCE = "train_driver"  # custom resource of the head node (cluster/): one slot per concurrent trial
+TRIAL_RESOURCES = {"cpu": 0, DRIVER_RESOURCE: 1}  # a trial's driver; its Train workers ask for the real resources
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def child_run(ctx: SearchContext, config: PipelineConfig, trial_id: str, params:
     """The trial's MLflow run, a child of the search's run; continued (not duplicated) when the trial restarts."""
     record = ctx.child_run_file(trial_id)
     if record.is_file():
-        return tracking.resume_run(tracking.RunHandle.from_json(record.read_text(encoding="utf-8")))
+        return tracking.resume_run(tracking.RunHandle.load(record))
     tags = {
         "mlflow.parentRunId": ctx.parent.run_id,
         "pipeline.job": "tune-trial",
@@ -61,11 +60,7 @@ def child_run(ctx: SearchContext, config: PipelineConfig, trial_id: str, params:
         "tune.trial_id": trial_id,
         **{f"tune.param.{key}": str(value) for key, value in params.items()},
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        handle = tracking.start_run(config, ctx.parent.tracking_uri, ctx.label_map, Path(tmp), tags=tags)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(handle.to_json(), encoding="utf-8")
-    return handle
+    return tracking.start_run(config, ctx.parent.tracking_uri, ctx.label_map, tags=tags, record=record)
 
 
 def run_trial(params: dict[str, Any], ctx: SearchContext) -> None:
