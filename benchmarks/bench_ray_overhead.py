@@ -32,8 +32,9 @@ def _config(args: argparse.Namespace, root: Path) -> PipelineConfig:
             f"data.synth_size={args.image_size}",
             f"data.batch_size={args.batch_size}",
             f"model.image_size={args.image_size}",
-            "model.pretrained_backbone=lite0-imagenet",
+            "model.pretrained_backbone=imagenet",
             f"train.epochs={args.epochs}",
+            "train.eval_every=1",  # one report (and checkpoint) per epoch, in both runs
             "train.threads_per_worker=1",
             f"train.output_dir={root / 'outputs'}",
             "ray.num_workers=1",
@@ -55,16 +56,17 @@ def bench_plain(config: PipelineConfig, root: Path) -> tuple[float, float]:
     torch.set_num_threads(1)
     ends: list[float] = []
     start = time.time()
-    fit(config, root / "plain_ckpt", on_epoch_end=lambda trainer, epoch, metrics: ends.append(time.time()))
+    fit(config, root / "plain_ckpt", on_period_end=lambda trainer, metrics: ends.append(time.time()))
     return _per_epoch(ends), ends[0] - start
 
 
 def bench_ray(config: PipelineConfig, root: Path) -> tuple[float, float]:
     import ray
 
-    from pipeline.ray_train import _absolute, build_torch_trainer
+    from pipeline.job import absolute_paths
+    from pipeline.ray_train import build_torch_trainer
 
-    config = _absolute(config)
+    config = absolute_paths(config)
     times_file = root / "ray_epoch_times.txt"
     start = time.time()
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)

@@ -1,4 +1,5 @@
-"""Figures logged with every training run: loss and mAP curves, and validation images with predicted and true boxes."""
+"""Figures logged with every training run: loss and mAP curves, validation images with predicted and true boxes,
+and the training boxes' sizes against the anchors."""
 
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ MAP_KEYS = ("val_AP", "val_AP50", "val_AP75")
 
 
 def plot_curves(history: Mapping[str, Sequence[tuple[int, float]]], path: str | os.PathLike) -> Path:
-    """Two panels: training losses and validation AP per epoch. `history[key]` = [(epoch, value), ...]."""
+    """Two panels: training losses and validation AP per optimizer step. `history[key]` = [(step, value), ...]."""
     fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(11, 4))
     for ax, keys, title in ((ax_loss, LOSS_KEYS, "training loss"), (ax_map, MAP_KEYS, "validation COCO AP")):
         for key in keys:
             points = sorted(history.get(key, ()))
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("optimizer step")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -77,6 +78,33 @@ def detection_grid(
     fig.suptitle(f"validation: true (green), predicted score >= {score_threshold} (red)", fontsize=9)
     fig.tight_layout()
     out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def anchor_plot(analysis, path: str | os.PathLike) -> Path:
+    """Histogram of the training boxes' sizes (sqrt of area, model-input px, log scale) under the anchor sizes of
+    each pyramid level (`analysis`: a `pipeline.data.analyze.Analysis`)."""
+    sizes = analysis.nominal.box_sizes
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    positive = sizes[sizes > 0]
+    low = max(1.0, float(positive.min()) / 1.5) if len(positive) else 1.0
+    anchor_sizes = analysis.nominal.anchor_sizes  # level -> (smallest, largest) anchor side
+    high = max(float(positive.max()) * 1.5 if len(positive) else 2.0, *(hi for _, hi in anchor_sizes.values()))
+    bins = np.geomspace(low, high, 40)
+    ax.hist(positive, bins=bins, color="tab:blue", alpha=0.7, label=f"{len(positive)} training boxes")
+    for index, (level, (lo, hi)) in enumerate(anchor_sizes.items()):
+        ax.axvspan(lo, hi, color=plt.cm.viridis(index / max(1, len(analysis.nominal.levels))), alpha=0.2)
+        ax.text(math.sqrt(lo * hi), ax.get_ylim()[1] * 0.92, f"P{level}", ha="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("box size sqrt(w*h) at the model input, px (bands: anchor sizes per level)")
+    ax.set_ylabel("boxes")
+    ax.set_title(f"{analysis.nominal.uncovered:.0%} of the boxes have no anchor at IoU >= 0.5", fontsize=10)
+    ax.legend(loc="center right", fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

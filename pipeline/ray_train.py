@@ -3,7 +3,7 @@ fault tolerance and resume-by-identity, and MLflow tracking from rank 0 through 
 
 Driver side (`train`): resolve paths and the tracking store, make the dataset, start or resume the MLflow
 run, fit a `TorchTrainer`, then evaluate and log the best checkpoint. Worker side (`worker_loop`): prepare
-loaders (this rank's shard), prepare the model (DDP; gloo on CPU), train, report every epoch.
+loaders (this rank's shard), prepare the model (DDP; gloo on CPU), train, report every evaluation period.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from pipeline import tracking
-from pipeline.config import ConfigError, PipelineConfig, from_dict, replace, to_dict
+from pipeline.config import ConfigError, PipelineConfig, from_dict, to_dict
+from pipeline.job import ResolvedJob
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.report import FinalReport, final_report, format_progress
 
@@ -62,8 +63,8 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from pipeline.training.cost import model_cost
-    from pipeline.training.inputs import build_loaders
-    from pipeline.training.loop import build_trainer, make_state, run_epochs
+    from pipeline.training.inputs import build_loaders, schedule_for
+    from pipeline.training.loop import build_trainer, make_state, run_schedule
 
     _quiet_per_report_logging()
     config = from_dict(loop_config["config"])
@@ -83,58 +84,42 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     trainer = build_trainer(
         config,
         inputs.label_map,
-        len(inputs.train_loader),
+        schedule_for(config, inputs),
         ray.train.torch.get_device(),
         wrap=ray.train.torch.prepare_model,
         resume=state,
     )
-    start_epoch = state.epoch + 1 if state is not None else 1
+    start_step = trainer.position.step
     # a search compares trials on cost too: measured once, on this worker's hardware, sent with every report
     cost = {}
     if loop_config.get("report_cost"):
         cost = model_cost(config, len(inputs.label_map["names"]), ray.train.torch.get_device())
     started = time.perf_counter()
 
-    def report(trainer, epoch: int, metrics: dict[str, float]) -> None:  # 4.
-        metrics = {**metrics, **cost, "resumed_from_epoch": start_epoch - 1}
+    def report(trainer, metrics: dict[str, float]) -> None:  # 4.
+        step = int(metrics["step"])
+        metrics = {**metrics, **cost, "resumed_from_step": start_step}
         if rank == 0:
             if run is not None:
-                tracking.log_epoch(run, epoch, metrics)
-            done = epoch - start_epoch + 1
-            eta = (time.perf_counter() - started) / done * (config.train.epochs - epoch)
-            print(format_progress(epoch, config.train.epochs, metrics, eta), flush=True)
+                tracking.log_period(run, step, metrics)
+            total = trainer.schedule.total_steps
+            eta = (time.perf_counter() - started) / (step - start_step) * (total - step)
+            print(format_progress(step, total, metrics, eta), flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:  # one copy of the (identical) DDP state is enough
-                save_checkpoint(make_state(trainer, epoch, metrics), tmp)
+                save_checkpoint(make_state(trainer, metrics), tmp)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
-            # a barrier: every rank reports once per epoch, with metrics already all-reduced
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")
-        if rank == 0 and loop_config.get("epoch_times_file"):  # benchmarks: when each epoch's report returned
+            # a barrier: every rank reports once per period, with metrics already all-reduced
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step_{step:07d}")
+        if rank == 0 and loop_config.get("epoch_times_file"):  # benchmarks: when each period's report returned
             with open(loop_config["epoch_times_file"], "a", encoding="utf-8") as f:
-                f.write(f"{epoch} {time.time()}\n")
+                f.write(f"{step} {time.time()}\n")
 
-    run_epochs(trainer, inputs.train_loader, inputs.val_loader, inputs.coco_gt, start_epoch, report)  # 3.
+    run_schedule(trainer, inputs.train_loader, inputs.val_loader, inputs.coco_gt, report)  # 3.
 
 
 # ----------------------------------------------------------------------------------------------- driver
-
-
-def _absolute(config: PipelineConfig) -> PipelineConfig:
-    """Workers chdir into a Ray session folder: every local path must be absolute before they see it."""
-    storage = config.ray.storage_path
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
-    marker = config.train.fault_marker
-    return replace(
-        config,
-        data={"dir": str(Path(config.data.dir).resolve())},
-        ray={"storage_path": storage},
-        train={
-            "output_dir": str(Path(config.train.output_dir).resolve()),
-            "fault_marker": str(Path(marker).resolve()) if marker else None,
-        },
-    )
 
 
 def _meta_dir(config: PipelineConfig) -> Path:
@@ -280,50 +265,22 @@ def build_torch_trainer(
     )
 
 
-def gpu_only_settings_ignored(config: PipelineConfig) -> list[str]:
-    """GPU-only settings that a CPU run cannot honour, said out loud instead of silently dropped."""
-    if config.ray.use_gpu:
-        return []
-    notes = []
-    if config.train.amp != "none":
-        notes.append(f"train.amp={config.train.amp} applies to GPU workers only; this CPU run trains in fp32")
-    if config.train.sync_bn:
-        notes.append("train.sync_bn=true applies to GPU workers only (gloo has no SyncBatchNorm); plain BN is used")
-    return notes
+def run_name(config: PipelineConfig, resume: bool) -> str:
+    """The Ray Train run to start (a new name) or to continue (`--resume`: ray.name or the latest run)."""
+    return _run_name(config, resume)
 
 
-def check_inputs(config: PipelineConfig) -> tuple[PipelineConfig, str, dict]:
-    """Everything that can fail on bad input, before any training: paths (made absolute), model, tracking store,
-    dataset. Returns the absolute config, the tracking URI and the label map."""
-    from pipeline.data import load_label_map, validate_dataset
-    from pipeline.training.inputs import ensure_dataset, model_normalisation
-
-    config = _absolute(config)
-    for note in gpu_only_settings_ignored(config):
-        print(f"note: {note}", flush=True)
-    model_normalisation(config)  # bad model overrides fail here, not in a worker
-    uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri)
-    tracking.check_tracking_store(uri)
-    ensure_dataset(config.data)
-    validate_dataset(config.data.dir).raise_if_fatal()
-    return config, uri, load_label_map(config.data.dir).to_dict()
-
-
-def prepare(config: PipelineConfig, resume: bool = False) -> tuple[PipelineConfig, str, str, dict]:
-    """`check_inputs` plus the run name (a new one, or the one to resume)."""
-    config, uri, label_map = check_inputs(config)
-    return config, uri, _run_name(config, resume), label_map
-
-
-def train(config: PipelineConfig, resume: bool = False) -> TrainOutcome:
-    """The whole job on Ray: checks, MLflow run, distributed training, final evaluation and artifacts."""
+def train(job: ResolvedJob, name: str, resume: bool = False) -> TrainOutcome:
+    """The whole job on Ray, from a resolved job (`pipeline.job.resolve_job`) and its run name (`run_name`): MLflow
+    run, distributed training, final evaluation and artifacts."""
     import ray
 
     start = time.perf_counter()
-    config, uri, name, label_map = prepare(config, resume)
+    config = job.config
     started_ray = init_ray(config)
     try:
-        run = _mlflow_run(config, uri, name, label_map, resume)
+        run = _mlflow_run(config, job.tracking_uri, name, job.label_map, resume)
+        _log_anchor_plot(job, run, Path(config.train.output_dir) / name)
         last = _fit(config, name, run)
     finally:
         if started_ray:
@@ -335,6 +292,13 @@ def train(config: PipelineConfig, resume: bool = False) -> TrainOutcome:
         raise
     wall = time.perf_counter() - start
     return TrainOutcome(name, run_location(config.ray.storage_path, name), run, report, dict(last.metrics), wall)
+
+
+def _log_anchor_plot(job: ResolvedJob, run: tracking.RunHandle, out_dir: Path) -> None:
+    """The training boxes' sizes against the anchors the run uses, as it starts."""
+    from pipeline.plots import anchor_plot
+
+    tracking.log_artifact(run, anchor_plot(job.analysis, out_dir / "anchors.png"))
 
 
 def _fit(config: PipelineConfig, name: str, run: tracking.RunHandle):
@@ -362,7 +326,7 @@ def _finish(config: PipelineConfig, run: tracking.RunHandle, last, name: str) ->
 
     out_dir = Path(config.train.output_dir) / name
     report = final_report(config, last, out_dir)
-    tracking.log_metrics(run, {**report.metrics, "epoch": report.best_epoch}, prefix="best_")
+    tracking.log_metrics(run, {**report.metrics, "step": report.best_step, "epoch": report.best_epoch}, prefix="best_")
     report.files["curves"] = plot_curves(tracking.metric_history(run, [*LOSS_KEYS, *MAP_KEYS]), out_dir / "curves.png")
     label_map_file = out_dir / "best_checkpoint" / "label_map.json"
     label_map_file.write_text(json.dumps(last.label_map, indent=2), encoding="utf-8")

@@ -1,5 +1,5 @@
 """MLflow tracking of one training run: URI resolution, a reachability check before training, params,
-per-epoch metrics (from rank 0 only) and the run's artifacts.
+per-period metrics (from rank 0 only) and the run's artifacts.
 
 Everything goes through an explicit `MlflowClient(tracking_uri)` rather than MLflow's global "active run", so
 the same code works in the driver and inside a Ray worker whose working directory is elsewhere.
@@ -195,17 +195,17 @@ def resume_run(handle: RunHandle) -> RunHandle:
     return handle
 
 
-def log_epoch(handle: RunHandle, epoch: int, metrics: Mapping[str, float]) -> None:
-    """Per-epoch metrics at step = epoch (call from rank 0 only)."""
+def log_period(handle: RunHandle, step: int, metrics: Mapping[str, float]) -> None:
+    """Metrics of one evaluation period at MLflow step = optimizer step (call from rank 0 only)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    batch = [Metric(key, float(value), now, epoch) for key, value in metrics.items()]
+    batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
     handle.client().log_batch(handle.run_id, metrics=batch)
 
 
 def log_metrics(handle: RunHandle, metrics: Mapping[str, float], prefix: str = "") -> None:
-    """Metrics that are not per-epoch (e.g. the final evaluation of the best checkpoint)."""
+    """Metrics that are not per-period (e.g. the final evaluation of the best checkpoint)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -222,7 +222,7 @@ def log_directory(handle: RunHandle, local_dir: str | os.PathLike, artifact_path
 
 
 def metric_history(handle: RunHandle, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
-    """`{key: [(epoch, value), ...]}` as stored (across resumes), for the curves plot."""
+    """`{key: [(step, value), ...]}` as stored (across resumes), for the curves plot."""
     client = handle.client()
     return {key: [(m.step, m.value) for m in client.get_metric_history(handle.run_id, key)] for key in keys}
 

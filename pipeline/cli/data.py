@@ -1,4 +1,5 @@
-"""The `data` subcommand: `synth` (demo dataset), `import-voc` (Pascal VOC) and `validate`."""
+"""The `data` subcommand: `synth` (synthetic datasets), `import-voc` (Pascal VOC), `validate` and `analyze` (boxes
+against the model's anchors)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
 
-    synth = actions.add_parser("synth", help="write the deterministic demo dataset (coloured shapes)")
+    synth = actions.add_parser("synth", help="write a deterministic synthetic dataset (demo shapes, or dense)")
     synth.add_argument("--out", required=True, help="dataset directory to create")
+    synth.add_argument(
+        "--preset",
+        choices=("shapes", "dense"),
+        default="shapes",
+        help="shapes: the demo (1-6 shapes of 3 classes per image); dense: 15-60 small overlapping objects of 5 "
+        "classes (8-40 px at 384 px) on a textured background",
+    )
     synth.add_argument("--images", type=int, default=400, help="number of images (default 400)")
-    synth.add_argument("--size", type=int, default=256, help="image side in px (default 256)")
+    synth.add_argument("--size", type=int, default=None, help="image side in px (default: 256 shapes, 384 dense)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--val-fraction", type=float, default=0.2)
     synth.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -33,13 +41,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("--skip-images", action="store_true", help="do not open and decode the image files")
     validate.set_defaults(func=_validate)
 
+    from pipeline.cli.train import add_config_arguments
+
+    analyze = actions.add_parser(
+        "analyze", help="box sizes against the configured model's anchors, at its input size, with advice"
+    )
+    analyze.add_argument("dataset_dir", help="dataset directory (its training split is measured)")
+    add_config_arguments(analyze)
+    analyze.add_argument("--plot", default=None, metavar="PNG", help="also draw box sizes against anchor sizes")
+    analyze.set_defaults(func=_analyze)
+
 
 def _synth(args: argparse.Namespace) -> int:
-    from pipeline.data.synth import write_synthetic_dataset
+    from pipeline.data.synth import PRESETS, write_synthetic_dataset
 
+    size = args.size or PRESETS[args.preset].default_size
     return _run(
-        lambda: write_synthetic_dataset(args.out, args.images, args.size, args.seed, args.val_fraction, args.overwrite),
-        f"wrote {args.images} images to {args.out}",
+        lambda: write_synthetic_dataset(
+            args.out, args.images, size, args.seed, args.val_fraction, args.overwrite, preset=args.preset
+        ),
+        f"wrote {args.images} {args.preset} images ({size} px) to {args.out}",
     )
 
 
@@ -63,6 +84,25 @@ def _validate(args: argparse.Namespace) -> int:
         print(problem)
     print(report.summary())
     return 1 if report.fatal else 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from pipeline.cli.train import load_job_config
+    from pipeline.config import ConfigError
+    from pipeline.data.analyze import analyze, report_lines
+    from pipeline.data.layout import DatasetError
+    from pipeline.plots import anchor_plot
+
+    try:
+        config = load_job_config(args, [f"data.dir={args.dataset_dir}"])
+        analysis = analyze(config)
+    except (ConfigError, DatasetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(report_lines(analysis)))
+    if args.plot:
+        print(f"plot: {anchor_plot(analysis, args.plot)}")
+    return 0
 
 
 def _run(action, done_message: str) -> int:

@@ -30,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="register the best model under NAME in the MLflow registry (champion moves only if it is better)",
     )
     parser.add_argument("--force-champion", action="store_true", help="with --register: make it champion regardless")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (YAML) and exit without training"
+    )
     parser.set_defaults(func=run)
 
 
@@ -84,7 +87,8 @@ def stop_gracefully_on_sigterm(forward_to_sigint: bool = False) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError, to_yaml
     from pipeline.data import DatasetError
-    from pipeline.ray_train import TrainingJobError, train
+    from pipeline.job import header_lines, resolve_job
+    from pipeline.ray_train import TrainingJobError, run_name, train
     from pipeline.tracking import TrackingError, ui_hint
     from pipeline.training.checkpoint import CheckpointError
 
@@ -92,10 +96,15 @@ def run(args: argparse.Namespace) -> int:
         config = resolve_config(args)
         if args.register is not None and not args.register.strip():
             raise ConfigError("--register needs a non-empty model name")
-        print("resolved config:\n" + to_yaml(config), flush=True)
+        if args.print_config:
+            print(to_yaml(config), end="", flush=True)
+            return 0
+        job = resolve_job(config)
+        name = run_name(job.config, args.resume)
+        print("\n".join(header_lines(job)), flush=True)
         stop_gracefully_on_sigterm()
-        outcome = train(config, resume=args.resume)
-        registration = _register(args, config, outcome) if args.register else None
+        outcome = train(job, name, resume=args.resume)
+        registration = _register(args, job.config, outcome) if args.register else None
     except (ConfigError, DatasetError, TrackingError, CheckpointError, TrainingJobError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -104,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     m = outcome.report.metrics
     print(
-        f"\ndone in {outcome.wall_s / 60:.1f} min: best epoch {outcome.report.best_epoch}, "
+        f"\ndone in {outcome.wall_s / 60:.1f} min: best at step {outcome.report.best_step} "
+        f"(epoch {outcome.report.best_epoch:.3g}), "
         f"val AP {m.get('val_AP', float('nan')):.3f}, AP50 {m.get('val_AP50', float('nan')):.3f}\n"
         f"MLflow run {outcome.run.run_id} ({outcome.run.url()}) in {outcome.run.tracking_uri}\n"
         f"  view it: {ui_hint(outcome.run.tracking_uri)}\n"

@@ -19,7 +19,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from pipeline.data.layout import DatasetError, LabelMap, annotation_path, images_dir
-from pipeline.data.validate import clip_bbox
+from pipeline.data.validate import clip_bbox, complete_annotations
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,9 @@ class ImageRecord:
 
 
 def coco_from_dict(data: dict[str, Any]) -> COCO:
-    """A pycocotools COCO built from a parsed dict, without its progress prints."""
+    """A pycocotools COCO built from a parsed dict, without its progress prints; annotations without `iscrowd` or
+    `area` (as many exporters write them) get the defaults that validation reports."""
+    complete_annotations(data.get("annotations", []))
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):

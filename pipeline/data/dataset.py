@@ -33,7 +33,7 @@ class DetectionDataset(Dataset):
         self,
         dataset_dir: str | os.PathLike,
         split: str,
-        transform: DetectionTransform,
+        transform: DetectionTransform | None,
         label_map: LabelMap | None = None,
     ) -> None:
         self.dataset_dir = str(dataset_dir)

@@ -16,6 +16,8 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from pipeline.data.augment_spec import parse_augment
+from pipeline.data.coco_index import ImageRecord
 from pipeline.data.dataset import DetectionDataset, collate_fn
 from pipeline.data.layout import LabelMap
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentOptions, DetectionTransform
@@ -52,6 +54,25 @@ class FullBatchDistributedSampler(DistributedSampler):
         per_step = batch_size * num_replicas
         self.num_samples = math.ceil(len(dataset) / per_step) * batch_size  # per rank
         self.total_size = self.num_samples * num_replicas  # the parent pads its index list to this
+        self._skip = 0
+
+    def skip(self, count: int) -> None:
+        """The next pass starts `count` indices into this epoch's shard (a run resumed inside an epoch)."""
+        self._skip = count
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self._skip :])
+
+
+def training_augmentation(
+    options: AugmentOptions, records: Sequence[ImageRecord], image_size: int | tuple[int, int]
+) -> AugmentOptions:
+    """`options` with the scale jitter bounded for this dataset's small boxes (`AugmentOptions.bounded`)."""
+    from pipeline.data.anchor_fit import records_input_boxes, small_box_px
+
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    return options.bounded(small_box_px(records_input_boxes(records, size)))
 
 
 class DataLoaders(NamedTuple):
@@ -95,9 +116,10 @@ def build_dataloaders(
     """
     if validate:
         validate_dataset(dataset_dir, check_images=check_images).raise_if_fatal()
-    train_tf = DetectionTransform(image_size, mean, std, train=True, options=augment, seed=seed + rank)
+    train_set = DetectionDataset(dataset_dir, "train", None, label_map)
+    options = training_augmentation(augment or parse_augment("default"), train_set.records, image_size)
+    train_set.transform = DetectionTransform(image_size, mean, std, train=True, options=options, seed=seed + rank)
     val_tf = DetectionTransform(image_size, mean, std, train=False)
-    train_set = DetectionDataset(dataset_dir, "train", train_tf, label_map)
     val_set = DetectionDataset(dataset_dir, "val", val_tf, train_set.label_map)
     train_sampler = FullBatchDistributedSampler(train_set, batch_size, world_size, rank, shuffle=True, seed=seed)
     common = {"num_workers": num_workers, "collate_fn": collate_fn, "persistent_workers": num_workers > 0}

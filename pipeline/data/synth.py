@@ -1,13 +1,17 @@
-"""A deterministic demo dataset: coloured shapes over cluttered, noisy backgrounds.
+"""Deterministic synthetic datasets, in two presets.
 
-Three classes (red circles, green squares, blue triangles) at scales from tiny to large, with
-overlaps (boxes are tight around the visible part; mostly hidden objects are left out),
-distractor blobs and lines in muted colours. Learnable on a 2-core CPU within minutes.
+`shapes` (the demo): three classes (red circles, green squares, blue triangles) at scales from tiny to large,
+with overlaps (boxes are tight around the visible part; mostly hidden objects are left out), distractor blobs
+and lines in muted colours. Learnable on a 2-core CPU within minutes.
+`dense` (`pipeline.data.synth_dense`): many small overlapping objects of five classes on a textured background,
+for developing and testing small-object detection.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +19,44 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pipeline.data.layout import annotation_path, atomic_output_dir, images_dir, write_json
+from pipeline.data.synth_dense import DENSE_CLASSES, render_dense_image
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle")
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = ((220, 40, 40), (40, 200, 60), (50, 80, 230))
 MIN_VISIBLE = 0.35  # objects with less than this fraction of their pixels visible are not annotated
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A kind of synthetic image: its classes, and a renderer (rng, size) -> (image, [(class, geometry)], draw)."""
+
+    classes: tuple[str, ...]
+    render: Callable[[np.random.Generator, int], tuple[Image.Image, list[tuple[int, list[float]]], Callable]]
+    default_size: int
+    supercategory: str
+
+
+def _render_shapes(rng: np.random.Generator, size: int):
+    image = Image.fromarray(_background(rng, size))
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.integers(3, 9)):  # distractors: muted blobs and lines
+        _draw_distractor(draw, rng, size)
+    shapes = []
+    for _ in range(rng.integers(1, 7)):
+        cls = int(rng.integers(len(CLASSES)))
+        extent = float(np.exp(rng.uniform(np.log(14), np.log(0.55 * size))))  # log-uniform: many small
+        cx, cy = rng.uniform(0, size, 2)
+        color = tuple(int(c) for c in np.clip(np.array(CLASS_COLORS[cls]) + rng.integers(-30, 31, 3), 0, 255))
+        geometry = _shape(cls, cx, cy, extent, rng)
+        _draw_shape(draw, cls, geometry, color)
+        shapes.append((cls, geometry))
+    return image, shapes, _draw_shape
+
+
+PRESETS: dict[str, Preset] = {
+    "shapes": Preset(CLASSES, _render_shapes, 256, "shape"),
+    "dense": Preset(DENSE_CLASSES, render_dense_image, 384, "dense"),
+}
 
 
 def write_synthetic_dataset(
@@ -28,21 +66,27 @@ def write_synthetic_dataset(
     seed: int = 0,
     val_fraction: float = 0.2,
     overwrite: bool = False,
+    preset: str = "shapes",
 ) -> Path:
-    """Write a dataset directory of ``num_images`` ``size``x``size`` JPEGs; the same seed gives
-    the same files. The last ``round(num_images * val_fraction)`` images form the val split."""
+    """Write a dataset directory of ``num_images`` ``size``x``size`` JPEGs of a preset (`PRESETS`); the same seed
+    gives the same files. The last ``round(num_images * val_fraction)`` images form the val split."""
     if num_images < 2 or size < 32 or not 0 < val_fraction < 1:
         raise ValueError(
             f"need num_images >= 2, size >= 32, 0 < val_fraction < 1; got {num_images}, {size}, {val_fraction}"
         )
+    if preset not in PRESETS:
+        raise ValueError(f"synthetic preset {preset!r} not supported; choose one of {list(PRESETS)}")
     num_val = min(num_images - 1, max(1, round(num_images * val_fraction)))
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
+    kind = PRESETS[preset]
+    categories = [
+        {"id": i + 1, "name": name, "supercategory": kind.supercategory} for i, name in enumerate(kind.classes)
+    ]
     splits: dict[str, dict[str, list]] = {s: {"images": [], "annotations": []} for s in ("train", "val")}
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         images_dir(tmp).mkdir(parents=True)
         ann_id = 1
         for index in range(num_images):
-            image, objects = render_image(np.random.default_rng([seed, index]), size)
+            image, objects = render_image(np.random.default_rng([seed, index]), size, preset)
             file_name = f"{index:05d}.jpg"
             image.save(images_dir(tmp) / file_name, quality=92)
             split = splits["train" if index < num_images - num_val else "val"]
@@ -62,33 +106,24 @@ def ensure_synthetic_dataset(out_dir: str | os.PathLike, **kwargs: Any) -> Path:
     return write_synthetic_dataset(out_dir, **kwargs)
 
 
-def render_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[dict[str, Any]]]:
+def render_image(
+    rng: np.random.Generator, size: int, preset: str = "shapes"
+) -> tuple[Image.Image, list[dict[str, Any]]]:
     """One image and its COCO annotations (without ids): ``category_id``, ``bbox``, ``area``."""
-    image = Image.fromarray(_background(rng, size))
-    draw = ImageDraw.Draw(image)
-    for _ in range(rng.integers(3, 9)):  # distractors: muted blobs and lines
-        _draw_distractor(draw, rng, size)
-    instance_mask = Image.new("L", (size, size), 0)  # pixel value = 1 + object index
+    image, shapes, draw = PRESETS[preset].render(rng, size)
+    instance_mask = Image.new("L", (size, size), 0)  # pixel value = 1 + object index (drawn in the same order)
     mask_draw = ImageDraw.Draw(instance_mask)
-    shapes = []
-    for index in range(rng.integers(1, 7)):
-        cls = int(rng.integers(len(CLASSES)))
-        extent = float(np.exp(rng.uniform(np.log(14), np.log(0.55 * size))))  # log-uniform: many small
-        cx, cy = rng.uniform(0, size, 2)
-        color = tuple(int(c) for c in np.clip(np.array(CLASS_COLORS[cls]) + rng.integers(-30, 31, 3), 0, 255))
-        geometry = _shape(cls, cx, cy, extent, rng)
-        _draw_shape(draw, cls, geometry, color)
-        _draw_shape(mask_draw, cls, geometry, index + 1)
-        shapes.append((cls, geometry))
-    return image, _annotations(np.asarray(instance_mask), shapes, size)
+    for index, (cls, geometry) in enumerate(shapes):
+        draw(mask_draw, cls, geometry, index + 1)
+    return image, _annotations(np.asarray(instance_mask), shapes, size, draw)
 
 
-def _annotations(mask: np.ndarray, shapes: list, size: int) -> list[dict[str, Any]]:
+def _annotations(mask: np.ndarray, shapes: list, size: int, draw: Callable) -> list[dict[str, Any]]:
     """Tight boxes around each object's visible pixels; mostly hidden objects are skipped."""
     annotations = []
     for index, (cls, geometry) in enumerate(shapes):
         full = Image.new("L", (size, size), 0)
-        _draw_shape(ImageDraw.Draw(full), cls, geometry, 1)
+        draw(ImageDraw.Draw(full), cls, geometry, 1)
         full_area = int(np.count_nonzero(np.asarray(full)))
         ys, xs = np.nonzero(mask == index + 1)
         if full_area == 0 or len(xs) < max(4, MIN_VISIBLE * full_area):

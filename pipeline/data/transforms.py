@@ -1,59 +1,24 @@
 """Albumentations pipelines for training and evaluation, with boxes kept valid throughout.
 
-Training: fit the image into the model input, scale jitter, pad + random crop back to the input,
-horizontal flip, colour jitter. Evaluation: resize the longest side to fit, pad bottom/right, so
-that ``boxes / scale`` maps model-input boxes back to original pixels exactly.
+Training (`AugmentOptions`, from a preset or a list of steps: `pipeline.data.augment_spec`): fit the image into
+the model input, scale jitter, pad + random crop back to the input, flips, 90-degree rotations, colour jitter.
+Evaluation: resize the longest side to fit, pad bottom/right, so that ``boxes / scale`` maps model-input boxes
+back to original pixels exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 
 import albumentations as A
 import cv2
 import numpy as np
 import torch
 
+from pipeline.data.augment_spec import AugmentOptions, parse_augment
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class AugmentOptions:
-    """Training augmentation. The official COCO recipe uses scale 0.1-2.0; a milder default
-    range suits small datasets and short runs."""
-
-    scale_min: float = 0.5  # scale jitter relative to "fits the model input"
-    scale_max: float = 1.5
-    hflip_prob: float = 0.5
-    brightness: float = 0.2  # colour jitter factors are drawn from [1 - x, 1 + x]
-    contrast: float = 0.2
-    saturation: float = 0.2
-    hue: float = 0.02  # hue shift in [-x, x] (fraction of the colour circle)
-    color_prob: float = 0.8
-    min_visibility: float = 0.25  # a box cropped to less than this fraction of its area is dropped
-    min_box_size: float = 2.0  # boxes narrower or lower than this (model-input px) are dropped
-
-    def __post_init__(self) -> None:
-        if not 0 < self.scale_min <= self.scale_max:
-            raise ValueError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
-        for name in ("hflip_prob", "color_prob", "min_visibility"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("brightness", "contrast", "saturation", "min_box_size"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> AugmentOptions:
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown augmentation options {unknown}; valid: {valid}")
-        return cls(**data)
 
 
 class DetectionTransform:
@@ -75,7 +40,7 @@ class DetectionTransform:
         self.height, self.width = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.train = train
-        self.options = options or AugmentOptions()
+        self.options = options or parse_augment("default")
         fill = tuple(round(255 * m) for m in self.mean)  # pad with the mean: normalises to 0
         steps = self._train_steps(fill) if train else self._eval_steps(fill)
         steps.append(A.Normalize(mean=self.mean, std=self.std, max_pixel_value=255.0))
@@ -105,14 +70,19 @@ class DetectionTransform:
             hue=(-o.hue, o.hue),
             p=o.color_prob,
         )
-        return [
+        steps = [
             self._fit(),
             A.RandomScale(scale_limit=(o.scale_min - 1.0, o.scale_max - 1.0), p=1.0),
             A.PadIfNeeded(h, w, position="random", border_mode=cv2.BORDER_CONSTANT, fill=fill),
             A.RandomCrop(h, w),
             A.HorizontalFlip(p=o.hflip_prob),
-            o_color,
+            A.VerticalFlip(p=o.vflip_prob),
         ]
+        if o.rotate90_prob > 0:
+            if h != w:
+                raise ValueError(f"rotate90 needs a square model input, got {h}x{w}")
+            steps.append(A.RandomRotate90(p=o.rotate90_prob))  # k drawn from 0..3: rotated with prob 3p/4
+        return [*steps, o_color]
 
     def _pad_thin(self, image: np.ndarray) -> np.ndarray:
         """Pad a very thin image (bottom/right, mean colour) so scale jitter keeps every side >= 1 px.

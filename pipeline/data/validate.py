@@ -21,7 +21,7 @@ from PIL import Image
 
 from pipeline.data.layout import SPLITS, DatasetError, annotation_path, images_dir
 
-# Problem kinds. Every kind is fatal except BOX_CLIPPED.
+# Problem kinds. Every kind is fatal except BOX_CLIPPED and FILLED_FIELD.
 MALFORMED_JSON = "malformed_json"
 MISSING_SPLIT = "missing_split"
 EMPTY_SPLIT = "empty_split"
@@ -36,6 +36,7 @@ ZERO_AREA_BOX = "zero_area_box"
 BOX_OUTSIDE = "box_outside_image"
 BOX_CLIPPED = "box_clipped"
 CATEGORY_MISMATCH = "category_mismatch"
+FILLED_FIELD = "filled_field"  # iscrowd/area absent, as many annotation tools write them: filled with the defaults
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class ValidationReport:
     problems: list[Problem] = field(default_factory=list)
     num_images: dict[str, int] = field(default_factory=dict)
     num_annotations: dict[str, int] = field(default_factory=dict)
+    filled: Counter = field(default_factory=Counter)  # field -> annotations that lacked it (filled with defaults)
 
     @property
     def fatal(self) -> list[Problem]:
@@ -76,9 +78,11 @@ class ValidationReport:
 
     def summary(self) -> str:
         counts = ", ".join(f"{s}: {self.num_images.get(s, 0)} images" for s in self.num_images)
+        clipped = sum(p.kind == BOX_CLIPPED for p in self.problems)
+        filled = "".join(f", {n} annotation(s) without {key!r} filled" for key, n in sorted(self.filled.items()) if n)
         return (
             f"{self.dataset_dir}: {len(self.fatal)} fatal problem(s), "
-            f"{len(self.fixable)} fixable (boxes clipped to their image); {counts}"
+            f"{clipped} fixable (boxes clipped to their image){filled}; {counts}"
         )
 
     def raise_if_fatal(self) -> None:
@@ -103,6 +107,8 @@ def validate_dataset(
         report.problems.extend(problems)
         report.num_images[split] = len(data["images"])
         report.num_annotations[split] = len(data["annotations"])
+        for key in MISSING_FIELD_DEFAULTS:
+            report.filled[key] += sum(isinstance(a, dict) and key not in a for a in data["annotations"])
         if not data["images"]:
             report.problems.append(Problem(EMPTY_SPLIT, str(path), "images", "the split has no images"))
         categories[split] = {c["id"]: c["name"] for c in data["categories"] if _is_category(c)}
@@ -156,9 +162,38 @@ def validate_coco(
     by_id = {im["id"]: im for im in images}
     for ann in annotations:
         problems.extend(_check_annotation(ann, json_file, by_id, category_ids))
+    problems.extend(_missing_field_notes(annotations, json_file))
     if check_images:
         problems.extend(_check_image_files(images, json_file, Path(image_root)))
     return problems
+
+
+def complete_annotations(annotations: list[dict[str, Any]]) -> dict[str, int]:
+    """Fill, in place, the fields pycocotools' evaluator needs and many exporters omit: a missing `iscrowd` is 0,
+    a missing `area` is the box's area (w * h). Returns how many annotations got each field."""
+    filled = {"iscrowd": 0, "area": 0}
+    for ann in annotations:
+        if "iscrowd" not in ann:
+            ann["iscrowd"] = 0
+            filled["iscrowd"] += 1
+        if "area" not in ann and isinstance(ann.get("bbox"), list) and len(ann["bbox"]) == 4:
+            ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+            filled["area"] += 1
+    return filled
+
+
+MISSING_FIELD_DEFAULTS = {"iscrowd": "0", "area": "the box area w*h"}
+
+
+def _missing_field_notes(annotations: list[dict[str, Any]], json_file: str) -> list[Problem]:
+    """One non-fatal note per field that some annotations lack (they are filled when the split is loaded)."""
+    notes = []
+    for key, default in MISSING_FIELD_DEFAULTS.items():
+        missing = sum(key not in ann for ann in annotations)
+        if missing:
+            message = f"{missing} annotation(s) without {key!r}: filled with {default}"
+            notes.append(Problem(FILLED_FIELD, json_file, f"{key} field", message, fatal=False))
+    return notes
 
 
 def _check_record(record: Any, name: str, is_valid, json_file: str, problems: list[Problem]) -> bool:
@@ -189,6 +224,10 @@ def _is_image(im: Any) -> bool:
 
 def _is_annotation(a: Any) -> bool:
     if not (isinstance(a, dict) and all(_is_int(a.get(k)) for k in ("id", "image_id", "category_id"))):
+        return False
+    if "iscrowd" in a and a["iscrowd"] not in (0, 1):  # pycocotools needs 0/1 (absent is filled with 0)
+        return False
+    if "area" in a and not (isinstance(a["area"], int | float) and not isinstance(a["area"], bool)):
         return False
     bbox = a.get("bbox")
     return (

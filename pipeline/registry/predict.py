@@ -7,6 +7,7 @@ exactly what validation saw during training; boxes are mapped back with `pipelin
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from effdet_core import EfficientDetForPrediction
+from effdet_core import EfficientDetForPrediction, PostprocessConfig
 from pipeline.data import DetectionTransform, LabelMap, to_original_coordinates
 from pipeline.registry.errors import ImageInputError
 from pipeline.registry.package import ModelPackage
@@ -70,6 +71,10 @@ class Detector:
     @property
     def label_map(self) -> LabelMap:
         return self.package.label_map
+
+    def with_postprocess(self, postprocess: PostprocessConfig) -> Detector:
+        """The same network and transform with other post-processing (e.g. soft-NMS to evaluate)."""
+        return Detector(dataclasses.replace(self.package, postprocess=postprocess), self.batch_size)
 
     def preprocess(self, image: np.ndarray, image_id: int) -> tuple[torch.Tensor, dict[str, Any]]:
         """uint8 [h, w, 3] -> normalised [3, H, W] and the target-like dict `to_original_coordinates` reads."""

@@ -25,7 +25,7 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class TrainState:
-    """Everything needed to continue a run at `epoch + 1` (epoch = last completed epoch, 1-based)."""
+    """Everything needed to continue a run where it stopped (`position`; `epoch` = epochs completed)."""
 
     epoch: int
     model: dict[str, torch.Tensor]
@@ -36,7 +36,8 @@ class TrainState:
     scheduler: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # of the last completed epoch
-    best: dict[str, Any] = field(default_factory=dict)  # {"epoch", "metric", "value"} of the best epoch so far
+    best: dict[str, Any] = field(default_factory=dict)  # {"step", "epoch", "metric", "value", ...} of the best so far
+    position: dict[str, int] | None = None  # `stream.Position` (step, epoch, batch); None in epoch-only checkpoints
 
     def eval_weights(self) -> dict[str, torch.Tensor]:
         """The weights to evaluate/deploy: the EMA when there is one."""

@@ -43,8 +43,11 @@ def evaluate(
     label_map: dict[str, list],
     device: torch.device,
     pr_curve_path: str | None = None,
+    postprocess=None,
 ) -> dict[str, float]:
-    """`val_AP`, `val_AP50`, ..., `val_AP_<class>` of `model` on the validation set; identical on every rank."""
+    """`val_AP`, `val_AP50`, ..., `val_AP_<class>` of `model` on the validation set; identical on every rank.
+
+    `postprocess`: an `effdet_core.PostprocessConfig` (the config's `eval` section; default hard NMS)."""
     from effdet_core import EfficientDetForPrediction
     from pipeline.data import LabelMap
     from pipeline.evaluation import evaluate_coco
@@ -52,7 +55,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        predictions = gather_predictions(predict(EfficientDetForPrediction(model), loader, device))
+        predictions = gather_predictions(predict(EfficientDetForPrediction(model, postprocess), loader, device))
     finally:
         model.train(was_training)
     is_rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

@@ -32,13 +32,27 @@ def ensure_dataset(data: DataConfig) -> Path:
             "data.generate_if_missing=true for the demo dataset or convert yours with `run_pipeline.py data`"
         )
     print(
-        f"no dataset at {root}: writing the synthetic demo dataset ({data.synth_images} images, "
-        f"{data.synth_size} px; classes: {', '.join(synth.CLASSES)})",
+        f"no dataset at {root}: writing the synthetic {data.synth_preset!r} dataset ({data.synth_images} images, "
+        f"{data.synth_size} px; classes: {', '.join(synth.PRESETS[data.synth_preset].classes)})",
         flush=True,
     )
     return ensure_synthetic_dataset(
-        root, num_images=data.synth_images, size=data.synth_size, val_fraction=data.synth_val_fraction
+        root,
+        num_images=data.synth_images,
+        size=data.synth_size,
+        val_fraction=data.synth_val_fraction,
+        preset=data.synth_preset,
     )
+
+
+def schedule_for(config: PipelineConfig, inputs: Inputs):
+    """The run's `Schedule`, from this rank's loader (every rank has as many batches)."""
+    from pipeline.training.schedule import resolve_schedule
+
+    steps = -(
+        -len(inputs.train_loader) // config.train.grad_accum_steps
+    )  # ceil: the last step of an epoch may be short
+    return resolve_schedule(config.train, config.optim, steps)
 
 
 def model_normalisation(config: PipelineConfig) -> tuple[tuple[int, int], tuple, tuple]:
@@ -49,14 +63,11 @@ def model_normalisation(config: PipelineConfig) -> tuple[tuple[int, int], tuple,
 
 def build_loaders(config: PipelineConfig, rank: int = 0, world_size: int = 1, validate: bool = True) -> Inputs:
     """This rank's shard of train (shuffled, augmented) and val (each image once across ranks)."""
-    from pipeline.data import AugmentOptions, build_dataloaders
+    from pipeline.data import build_dataloaders
 
     data = config.data
     image_size, mean, std = model_normalisation(config)
-    if data.augment:
-        augment = AugmentOptions(scale_min=data.scale_min, scale_max=data.scale_max)
-    else:
-        augment = AugmentOptions(scale_min=1.0, scale_max=1.0, hflip_prob=0.0, color_prob=0.0)
+    augment = data.augment_options()
     loaders = build_dataloaders(
         data.dir,
         image_size,

@@ -1,14 +1,15 @@
 """The plain-PyTorch training loop: one process, or one rank of a DDP group set up by someone else.
 
-Nothing here imports Ray or MLflow. The Ray adapter (`pipeline.ray_train`) wraps the model and the loaders and
-passes an `on_epoch_end` callback that reports; `fit` runs the same loop in a single process with local
-checkpoints (the fastest way to test and debug it).
+The run is a number of optimizer steps (`pipeline.training.schedule`), cut into evaluation periods; after each
+period the loop evaluates and calls `on_period_end`. Nothing here imports Ray or MLflow. The Ray adapter
+(`pipeline.ray_train`) wraps the model and the loaders and passes an `on_period_end` that reports and
+checkpoints; `fit` runs the same loop in a single process with local checkpoints (the fastest way to test and
+debug it).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from pipeline.training.checkpoint import TrainState, load_checkpoint, save_check
 from pipeline.training.ema import ModelEma
 from pipeline.training.evaluate import evaluate
 from pipeline.training.optim import build_optimizer, build_scheduler, clip_gradients, scaled_lr
+from pipeline.training.schedule import Schedule
+from pipeline.training.stream import BatchStream, Position
 
 BEST_METRIC = "val_AP"
 
@@ -45,7 +48,9 @@ class Trainer:
     ema: ModelEma | None
     device: torch.device
     label_map: dict[str, list]
+    schedule: Schedule
     best: dict[str, Any]
+    position: Position
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -65,7 +70,7 @@ def build_model(config: PipelineConfig, num_classes: int, pretrained: bool = Tru
 def build_trainer(
     config: PipelineConfig,
     label_map: dict[str, list],
-    steps_per_epoch: int,
+    schedule: Schedule,
     device: torch.device,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     resume: TrainState | None = None,
@@ -78,6 +83,8 @@ def build_trainer(
     if config.train.sync_bn and device.type == "cuda" and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN stats over the global batch on GPUs
     model.to(device)
+    if config.train.channels_last:
+        model.to(memory_format=torch.channels_last)  # the EMA copy below inherits it
     if resume is not None:
         model.load_state_dict(resume.model)
     ema = ModelEma(model, config.optim.ema_decay, config.optim.ema_warmup) if config.optim.ema_decay else None
@@ -88,10 +95,11 @@ def build_trainer(
         train_module = wrap(train_module)
     global_batch = config.data.batch_size * world * config.train.grad_accum_steps
     optimizer = build_optimizer(model, config.optim, scaled_lr(config.optim, global_batch))
-    optimizer_steps = max(1, steps_per_epoch // config.train.grad_accum_steps)
-    scheduler = build_scheduler(optimizer, config.optim, optimizer_steps, config.train.epochs)
+    scheduler = build_scheduler(optimizer, config.optim, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16" and device.type == "cuda")
-    trainer = Trainer(config, model, train_module, optimizer, scheduler, scaler, ema, device, label_map, best={})
+    trainer = Trainer(
+        config, model, train_module, optimizer, scheduler, scaler, ema, device, label_map, schedule, {}, Position()
+    )
     if resume is not None:
         _restore(trainer, resume)
     return trainer
@@ -107,6 +115,10 @@ def _restore(trainer: Trainer, state: TrainState) -> None:
     if state.scaler:
         trainer.scaler.load_state_dict(state.scaler)
     trainer.best = dict(state.best)
+    if state.position:
+        trainer.position = Position(**state.position)
+    else:  # a checkpoint of the epoch-only format: it was taken at the end of epoch `state.epoch`
+        trainer.position = Position(step=state.epoch * trainer.schedule.steps_per_epoch, epoch=state.epoch)
 
 
 def _autocast(trainer: Trainer):
@@ -116,8 +128,12 @@ def _autocast(trainer: Trainer):
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _to_device(images: torch.Tensor, targets: list[dict], device: torch.device) -> tuple[torch.Tensor, list[dict]]:
+def _to_device(
+    images: torch.Tensor, targets: list[dict], device: torch.device, channels_last: bool = False
+) -> tuple[torch.Tensor, list[dict]]:
     images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     moved = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
     return images, moved
 
@@ -133,37 +149,38 @@ def _optimizer_step(trainer: Trainer) -> None:
         trainer.ema.update(trainer.model)
 
 
-def train_one_epoch(trainer: Trainer, loader, epoch: int) -> dict[str, float]:
-    """One pass over this rank's shard; returns metrics averaged over all ranks' images."""
+def train_steps(trainer: Trainer, stream: BatchStream, num_steps: int) -> dict[str, float]:
+    """`num_steps` optimizer steps from `stream`; returns metrics averaged over all ranks' images."""
     trainer.train_module.train()
-    accum = trainer.config.train.grad_accum_steps
     sums = torch.zeros(4, dtype=torch.float64)  # loss, class_loss, box_loss (image-weighted), images
     start = time.perf_counter()
-    num_steps = len(loader)
-    for step, (images, targets) in enumerate(loader, start=1):
-        images, targets = _to_device(images, targets, trainer.device)
-        sync_now = step % accum == 0 or step == num_steps
-        # under DDP, skip the gradient all-reduce on accumulation micro-steps (forward and backward both inside)
-        no_sync = getattr(trainer.train_module, "no_sync", None)
-        with no_sync() if no_sync is not None and not sync_now else contextlib.nullcontext():
-            with _autocast(trainer):
-                losses = trainer.train_module(images, targets)
-            loss = losses["loss"]
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                parts = {k: float(v.detach()) for k, v in losses.items()}
-                raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {step}/{num_steps}: {parts}")
-            trainer.scaler.scale(loss / accum).backward()
-        if sync_now:
-            _optimizer_step(trainer)
-        n = images.shape[0]
-        sums += torch.tensor(
-            [loss_value * n, float(losses["class_loss"].detach()) * n, float(losses["box_loss"].detach()) * n, n],
-            dtype=torch.float64,
-        )
+    for _ in range(num_steps):
+        batches = stream.next_step()
+        for index, (images, targets) in enumerate(batches):
+            images, targets = _to_device(images, targets, trainer.device, trainer.config.train.channels_last)
+            # under DDP, skip the gradient all-reduce on accumulation micro-steps (forward and backward both inside)
+            no_sync = getattr(trainer.train_module, "no_sync", None)
+            last = index == len(batches) - 1
+            with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+                with _autocast(trainer):
+                    losses = trainer.train_module(images, targets)
+                loss = losses["loss"]
+                parts = torch.stack([loss.detach(), losses["class_loss"].detach(), losses["box_loss"].detach()])
+                parts = parts.double().cpu()  # one device sync per micro-step
+                if not torch.isfinite(parts).all():
+                    detail = dict(zip(("loss", "class_loss", "box_loss"), parts.tolist(), strict=True))
+                    raise FloatingPointError(
+                        f"non-finite loss at step {stream.position.step} (epoch {stream.position.epoch + 1}, "
+                        f"batch {stream.position.batch}): {detail}"
+                    )
+                trainer.scaler.scale(loss / len(batches)).backward()
+            n = images.shape[0]
+            sums += torch.cat([parts * n, torch.tensor([n], dtype=torch.float64)])
+        _optimizer_step(trainer)
+    trainer.position = Position(**stream.position.as_dict())
     seconds = time.perf_counter() - start
     _all_reduce_sum(sums)
-    seconds = _all_reduce_max(seconds)  # the epoch lasts as long as the slowest rank
+    seconds = _all_reduce_max(seconds)  # the period lasts as long as the slowest rank
     images_total = max(1.0, float(sums[3]))
     return {
         "train_loss": float(sums[0]) / images_total,
@@ -190,7 +207,8 @@ def _all_reduce_max(value: float) -> float:
 
 
 def maybe_inject_fault(config: PipelineConfig, epoch: int) -> None:
-    """Test hook: rank 0 raises once at `fault_epoch`, leaving the marker file so a restarted run goes on."""
+    """Test hook: rank 0 raises once as epoch `fault_epoch` (1-based) starts, leaving the marker file so a
+    restarted run goes on."""
     marker = config.train.fault_marker
     if marker is None or epoch != config.train.fault_epoch or rank_and_world()[0] != 0:
         return
@@ -202,14 +220,15 @@ def maybe_inject_fault(config: PipelineConfig, epoch: int) -> None:
     raise InjectedFault(f"injected fault at epoch {epoch} (marker {path})")
 
 
-def update_best(trainer: Trainer, epoch: int, metrics: dict[str, float]) -> bool:
-    """Keep a CPU copy of the eval weights of the best epoch so far (by val AP); True when this one is best."""
+def update_best(trainer: Trainer, metrics: dict[str, float]) -> bool:
+    """Keep a CPU copy of the eval weights of the best evaluation so far (by val AP); True when this one is best."""
     value = metrics.get(BEST_METRIC)
     if value is None or (trainer.best and value <= trainer.best["value"]):
         return False
     weights = {k: v.detach().cpu().clone() for k, v in trainer.eval_model().state_dict().items()}
     trainer.best = {
-        "epoch": epoch,
+        "step": trainer.position.step,
+        "epoch": metrics["epoch"],
         "metric": BEST_METRIC,
         "value": float(value),
         "metrics": dict(metrics),
@@ -218,10 +237,10 @@ def update_best(trainer: Trainer, epoch: int, metrics: dict[str, float]) -> bool
     return True
 
 
-def make_state(trainer: Trainer, epoch: int, metrics: dict[str, float]) -> TrainState:
-    """The checkpoint of the end of `epoch`."""
+def make_state(trainer: Trainer, metrics: dict[str, float]) -> TrainState:
+    """The checkpoint of where training stands now."""
     return TrainState(
-        epoch=epoch,
+        epoch=trainer.position.epoch,
         model=trainer.model.state_dict(),
         config=to_dict(trainer.config),
         label_map=trainer.label_map,
@@ -231,54 +250,68 @@ def make_state(trainer: Trainer, epoch: int, metrics: dict[str, float]) -> Train
         scaler=trainer.scaler.state_dict(),
         metrics=dict(metrics),
         best=dict(trainer.best),
+        position=trainer.position.as_dict(),
     )
 
 
-EpochCallback = Callable[[Trainer, int, dict[str, float]], None]
+PeriodCallback = Callable[[Trainer, dict[str, float]], None]
 
 
-def run_epochs(
-    trainer: Trainer, train_loader, val_loader, coco_gt, start_epoch: int, on_epoch_end: EpochCallback
+def run_schedule(
+    trainer: Trainer, train_loader, val_loader, coco_gt, on_period_end: PeriodCallback
 ) -> dict[str, float]:
-    """Epochs `start_epoch..config.train.epochs` (1-based): train, evaluate, then `on_epoch_end`."""
-    cfg = trainer.config.train
+    """Train from `trainer.position` to the end of its schedule; after each evaluation period: evaluate, then
+    `on_period_end(trainer, metrics)` (metrics hold `step`, `epoch` = steps / steps per epoch, losses, COCO)."""
+    schedule = trainer.schedule
+    stream = BatchStream(
+        train_loader,
+        trainer.config.train.grad_accum_steps,
+        trainer.position,
+        on_epoch_start=lambda epoch: maybe_inject_fault(trainer.config, epoch + 1),
+    )
+    assert stream.batches_per_epoch and -(-stream.batches_per_epoch // stream.accum) == schedule.steps_per_epoch, (
+        "the loader and the schedule disagree on the steps per epoch"
+    )
     metrics: dict[str, float] = {}
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        maybe_inject_fault(trainer.config, epoch)
-        for loader in (train_loader, val_loader):
-            if hasattr(getattr(loader, "sampler", None), "set_epoch"):
-                loader.sampler.set_epoch(epoch)  # a different shuffle per epoch under DistributedSampler
-        metrics = {"epoch": epoch, **train_one_epoch(trainer, train_loader, epoch)}
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            start = time.perf_counter()
-            metrics.update(evaluate(trainer.eval_model(), val_loader, coco_gt, trainer.label_map, trainer.device))
-            metrics["eval_time_s"] = time.perf_counter() - start
-        update_best(trainer, epoch, metrics)
-        on_epoch_end(trainer, epoch, metrics)
+    for point in schedule.eval_points():
+        if point <= trainer.position.step:
+            continue  # done before a resume
+        metrics = train_steps(trainer, stream, point - trainer.position.step)
+        metrics = {"step": point, "epoch": round(point / schedule.steps_per_epoch, 4), **metrics}
+        start = time.perf_counter()
+        postprocess = trainer.config.eval.postprocess()
+        metrics.update(
+            evaluate(trainer.eval_model(), val_loader, coco_gt, trainer.label_map, trainer.device, None, postprocess)
+        )
+        metrics["eval_time_s"] = time.perf_counter() - start
+        update_best(trainer, metrics)
+        on_period_end(trainer, metrics)
     return metrics
 
 
 def fit(
-    config: PipelineConfig, checkpoint_dir: str | Path, resume: bool = False, on_epoch_end: EpochCallback | None = None
+    config: PipelineConfig,
+    checkpoint_dir: str | Path,
+    resume: bool = False,
+    on_period_end: PeriodCallback | None = None,
 ) -> TrainState:
-    """Train in this one process; the state of every epoch is saved to `checkpoint_dir/last`.
+    """Train in this one process; the state after every evaluation period is saved to `checkpoint_dir/last`.
 
-    With `resume`, training continues at the epoch after the one saved there.
+    With `resume`, training continues from the position saved there.
     """
-    from pipeline.training.inputs import build_loaders, ensure_dataset
+    from pipeline.training.inputs import build_loaders, ensure_dataset, schedule_for
 
     ensure_dataset(config.data)
     data = build_loaders(config)
     last_dir = Path(checkpoint_dir) / "last"
     state = load_checkpoint(last_dir) if resume else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    trainer = build_trainer(config, data.label_map, len(data.train_loader), device, resume=state)
-    start_epoch = state.epoch + 1 if state is not None else 1
+    trainer = build_trainer(config, data.label_map, schedule_for(config, data), device, resume=state)
 
-    def save_and_forward(trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
-        save_checkpoint(make_state(trainer, epoch, metrics), last_dir)
-        if on_epoch_end is not None:
-            on_epoch_end(trainer, epoch, metrics)
+    def save_and_forward(trainer: Trainer, metrics: dict[str, float]) -> None:
+        save_checkpoint(make_state(trainer, metrics), last_dir)
+        if on_period_end is not None:
+            on_period_end(trainer, metrics)
 
-    run_epochs(trainer, data.train_loader, data.val_loader, data.coco_gt, start_epoch, save_and_forward)
+    run_schedule(trainer, data.train_loader, data.val_loader, data.coco_gt, save_and_forward)
     return load_checkpoint(last_dir)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pipeline.config import OptimConfig
+from pipeline.training.schedule import Schedule
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -29,8 +30,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
-    """The linear-scaling rule: `lr` is given for `lr_reference_batch` images per step."""
-    return cfg.lr * global_batch / cfg.lr_reference_batch
+    """`lr` is given for `lr_reference_batch` images per step; the real global batch scales it by the square root
+    of the ratio (the default: it keeps the update noise alike across batch sizes, and suited every batch measured
+    here) or linearly (Goyal et al.'s rule for large-batch SGD)."""
+    ratio = global_batch / cfg.lr_reference_batch
+    return cfg.lr * (ratio if cfg.lr_scaling == "linear" else math.sqrt(ratio))
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
@@ -54,14 +58,14 @@ def warmup_cosine_factor(
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, epochs: int
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, schedule: Schedule
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-optimizer-step schedule (stepped after every optimizer step, not per epoch)."""
-    total = max(1, steps_per_epoch * epochs)
-    warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
 
     def factor(step: int) -> float:
-        return warmup_cosine_factor(step, warmup, total, cfg.warmup_start_factor, cfg.min_lr_ratio)
+        return warmup_cosine_factor(
+            step, schedule.warmup_steps, schedule.total_steps, cfg.warmup_start_factor, cfg.min_lr_ratio
+        )
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

@@ -16,20 +16,23 @@ from pipeline.training.checkpoint import TrainState, save_checkpoint
 @dataclass
 class FinalReport:
     metrics: dict[str, float]  # COCO metrics of the best checkpoint (val_AP, val_AP50, ...)
-    best_epoch: int
+    best_step: int  # optimizer step of the best evaluation
+    best_epoch: float  # the same in epochs
     files: dict[str, Path] = field(default_factory=dict)  # name -> file: best checkpoint, PR curve, grid
 
 
 def best_state(last: TrainState) -> TrainState:
-    """A deployable checkpoint of the best epoch: its eval (EMA) weights, no optimizer state."""
+    """A deployable checkpoint of the best evaluation: its eval (EMA) weights, no optimizer state."""
     best = last.best
     weights = best.get("weights") if best else None
+    metrics = dict(best.get("metrics", {})) if weights is not None else dict(last.metrics)
     return TrainState(
-        epoch=int(best["epoch"]) if weights is not None else last.epoch,
+        epoch=int(metrics.get("epoch", last.epoch)),
         model=weights if weights is not None else last.eval_weights(),
         config=last.config,
         label_map=last.label_map,
-        metrics=dict(best.get("metrics", {})) if weights is not None else dict(last.metrics),
+        metrics=metrics,
+        position={"step": int(metrics.get("step", 0)), "epoch": int(metrics.get("epoch", last.epoch)), "batch": 0},
     )
 
 
@@ -83,16 +86,18 @@ def final_report(config: PipelineConfig, last: TrainState, out_dir: str | Path) 
         best.label_map,
         torch.device("cpu"),
         pr_curve_path=str(files["pr_curve"]),
+        postprocess=config.eval.postprocess(),
     )
     if config.mlflow.grid_images > 0:
         files["val_grid"] = _grid(model, config, inputs.val_loader, best.label_map["names"], out / "val_grid.png")
-    return FinalReport(metrics=metrics, best_epoch=best.epoch, files=files)
+    best_step, best_epoch = int(best.metrics.get("step", 0)), float(best.metrics.get("epoch", best.epoch))
+    return FinalReport(metrics=metrics, best_step=best_step, best_epoch=best_epoch, files=files)
 
 
-def format_progress(epoch: int, total: int, metrics: dict[str, float], eta_s: float | None) -> str:
-    """`epoch 3/12  loss 0.812 (cls 0.51 box 0.0061)  AP 0.231 AP50 0.512  41.2 img/s  ETA 2m10s`."""
+def format_progress(step: int, total: int, metrics: dict[str, float], eta_s: float | None) -> str:
+    """`step 120/480 (epoch 3)  loss 0.812 (cls 0.51 box 0.0061)  AP 0.231 AP50 0.512  41.2 img/s  ETA 2m10s`."""
     parts = [
-        f"epoch {epoch}/{total}",
+        f"step {step}/{total} (epoch {metrics.get('epoch', 0):.3g})",
         f"loss {metrics.get('train_loss', float('nan')):.4f}"
         f" (cls {metrics.get('train_class_loss', float('nan')):.4f}"
         f" box {metrics.get('train_box_loss', float('nan')):.5f})",

@@ -88,7 +88,7 @@ class SearchOutcome:
 
 def run_search(base: PipelineConfig, options: SearchOptions) -> SearchOutcome:
     """Validate everything, then search; returns the leaderboard (and the registration of the best model)."""
-    from pipeline.ray_train import check_inputs
+    from pipeline.job import absolute_paths, header_lines, resolve_job
 
     start = time.perf_counter()
     options.check()
@@ -99,14 +99,16 @@ def run_search(base: PipelineConfig, options: SearchOptions) -> SearchOutcome:
     space = load_space(list(options.spaces), base)  # every trial's config is valid before anything starts
     if options.algorithm == "optuna" and space.has_grid():
         raise ConfigError("--algorithm optuna samples every dimension: use choice instead of grid in the spaces")
-    config, uri, label_map = check_inputs(base)
+    job = resolve_job(base)
+    print("\n".join(header_lines(job, command="tune (base config)")), flush=True)
+    config, uri, label_map = job.config, job.tracking_uri, job.label_map
     name, meta_dir = _search_name(config, options)
     _check_spec(meta_dir, _spec(config, options, space), options.resume)
     parent = _parent_run(config, uri, name, meta_dir, options, space, label_map)
     storage = config.ray.storage_path.rstrip("/")
     ctx = SearchContext(
         name=name,
-        base=to_dict(config),
+        base=to_dict(absolute_paths(base)),  # `auto` anchors stay: each trial fits them to its own model
         space=space,
         max_epochs=options.max_epochs,
         train_storage=f"{storage}/{name}/train_runs",

@@ -35,7 +35,14 @@ from pipeline.config import ConfigError, PipelineConfig, from_dict, to_dict
 FILE_KEYS = ("description", "space", "compound", "fixed")
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 # what the search itself decides per trial (flags, trial ids, storage): a space may not vary these
-MANAGED_KEYS = ("train.epochs", "train.eval_every", "train.output_dir", "data.dir", "data.generate_if_missing")
+MANAGED_KEYS = (
+    "train.epochs",
+    "train.steps",
+    "train.eval_every",
+    "train.output_dir",
+    "data.dir",
+    "data.generate_if_missing",
+)
 MANAGED_SECTIONS = ("ray", "mlflow")
 COMPOUND_KEYS = ("model.variant", "model.image_size", "model.fpn_channels", "model.fpn_repeats", "model.head_repeats")
 COMPOUND_COUPLED = (*COMPOUND_KEYS, "model.backbone")

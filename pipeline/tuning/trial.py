@@ -37,7 +37,8 @@ class SearchContext:
         """The base config varied by this trial's sampled params, with the search's own settings on top."""
         managed = {
             "train.epochs": self.max_epochs,
-            "train.eval_every": 1,  # ASHA decides on every epoch's val mAP
+            "train.steps": None,
+            "train.eval_every": "1 epoch",  # ASHA decides on every epoch's val mAP
             "ray.name": trial_id,
             "ray.storage_path": self.train_storage,
             "mlflow.run_name": f"{self.name}/{trial_id}",
@@ -73,6 +74,10 @@ def run_trial(params: dict[str, Any], ctx: SearchContext) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     config = ctx.trial_config(params, trial_id)
+    if config.model.needs_fit:  # `auto` anchors, fitted to this trial's model (its input size may differ)
+        from pipeline.data.analyze import analyze, resolve_auto_anchors
+
+        config = resolve_auto_anchors(config, analyze(config))
     run = child_run(ctx, config, trial_id, params)
     trainer = build_torch_trainer(config, trial_id, run, callbacks=[TuneReportCallback()], report_cost=True)
     try:

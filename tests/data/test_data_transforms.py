@@ -1,4 +1,5 @@
-"""Property-based tests of the training and evaluation transforms: boxes stay valid, always."""
+"""Property-based tests of the training and evaluation transforms (boxes stay valid, always), and augmentation as
+configuration: presets, step lists and the dataset-bounded scale jitter."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.config import ConfigError, load_config
 from pipeline.data import AugmentOptions, DetectionTransform
+from pipeline.data.augment_spec import PRESETS, parse_augment
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 EDGE = st.sampled_from([-5.0, -0.0, 0.0, 0.5, 1.0, 0.999, 1.0001, 1.5])  # fractions of the side, incl. outside
@@ -28,11 +31,19 @@ def image_and_boxes(draw):
 
 
 options_strategy = st.builds(
-    lambda lo, span, flip, visibility, min_size: AugmentOptions(
-        scale_min=lo, scale_max=lo + span, hflip_prob=flip, min_visibility=visibility, min_box_size=min_size
+    lambda lo, span, flip, vflip, visibility, min_size: AugmentOptions(
+        scale_min=lo,
+        scale_max=lo + span,
+        hflip_prob=flip,
+        vflip_prob=vflip,
+        min_visibility=visibility,
+        min_box_size=min_size,
+        color_prob=0.5,
+        brightness=0.2,
     ),
     st.floats(0.1, 1.5),
     st.floats(0.0, 1.0),
+    st.sampled_from([0.0, 0.5, 1.0]),
     st.sampled_from([0.0, 0.5, 1.0]),
     st.sampled_from([0.0, 0.25, 0.9]),
     st.sampled_from([0.0, 1.0, 4.0]),
@@ -59,6 +70,30 @@ def test_train_transform_never_produces_an_invalid_box(sample, options, size):
     assert_valid(out_boxes, out_labels, *size, min_size=options.min_box_size)
     assert set(out_labels.tolist()) <= set(labels.tolist())
     assert scale == pytest.approx(min(size[0] / pixels.shape[0], size[1] / pixels.shape[1]))
+
+
+@SETTINGS
+@given(sample=image_and_boxes(), options=options_strategy, rotate=st.sampled_from([0.5, 1.0]))
+def test_rotations_and_flips_keep_every_box_valid(sample, options, rotate):
+    """The `aerial` kind of augmentation: 90-degree rotations on a square input, with flips and jitter."""
+    pixels, boxes, labels = sample
+    options = AugmentOptions.from_dict({**options.__dict__, "rotate90_prob": rotate})
+    image, out_boxes, out_labels, _ = DetectionTransform(96, train=True, options=options, seed=3)(pixels, boxes, labels)
+    assert image.shape == (3, 96, 96)
+    assert_valid(out_boxes, out_labels, 96, 96, min_size=options.min_box_size)
+
+
+def test_rotation_turns_a_box_with_the_image():
+    options = AugmentOptions(rotate90_prob=1.0)
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[8:20, 4:40] = 255  # a wide white bar: its box must turn with it
+    boxes = np.array([[4, 8, 40, 20]], np.float32)
+    for seed in range(8):
+        image, out, _, _ = DetectionTransform(64, train=True, options=options, seed=seed)(pixels, boxes, [0])
+        white = (image > 0.5).all(dim=0).nonzero()  # [k, 2] (y, x) of white pixels
+        y1, x1 = white.min(dim=0).values.tolist()
+        y2, x2 = white.max(dim=0).values.tolist()
+        np.testing.assert_allclose(out[0], [x1, y1, x2 + 1, y2 + 1], atol=1.0)
 
 
 @SETTINGS
@@ -112,3 +147,42 @@ def test_augment_options_reject_bad_values():
     with pytest.raises(ValueError, match=r"unknown augmentation options \['flip'\]"):
         AugmentOptions.from_dict({"flip": 0.5})
     assert AugmentOptions.from_dict({"hue": 0.1}).hue == 0.1
+
+
+def test_presets_and_step_lists_resolve_to_options():
+    default = parse_augment("default")
+    assert (default.scale_min, default.scale_max, default.hflip_prob, default.color_prob) == (0.75, 1.25, 0.5, 0.8)
+    aerial = parse_augment("aerial")
+    assert aerial.vflip_prob == 0.5 and aerial.rotate90_prob == 0.75 and aerial.scale_min == 0.8
+    assert parse_augment("none") == AugmentOptions()
+    steps = parse_augment([{"scale": {"min": 0.8, "max": 1.2}}, "hflip", {"color": {"p": 0.3}}])
+    assert (steps.scale_min, steps.scale_max, steps.hflip_prob, steps.color_prob) == (0.8, 1.2, 0.5, 0.3)
+    assert parse_augment("strong").scale_min == 0.5
+    assert set(PRESETS) == {"default", "strong", "aerial", "none"}
+
+
+@pytest.mark.parametrize(
+    ("augment", "message"),
+    [
+        ("heavy", "'heavy' is not a preset"),
+        ("[{blur: {}}]", r"data.augment\[0\] unknown op 'blur'"),
+        ("[hflip, {vflip: {q: 1}}]", r"data.augment\[1\] vflip: unknown parameter\(s\) \['q'\]"),
+        ("[{hflip: {p: 2}}]", "hflip_prob must be in"),
+        ("[{scale: {min: 1.5, max: 1.0}}]", "scale_min <= scale_max"),
+        ("[hflip, hflip]", r"\[1\] 'hflip' appears twice"),
+        ("[{hflip: {p: yes}}]", "expected a number"),
+    ],
+)
+def test_bad_augmentation_config_is_refused_naming_the_step(augment, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [f"data.augment={augment}"])
+
+
+def test_scale_jitter_is_bounded_by_the_datasets_small_boxes():
+    options = parse_augment([{"scale": {"min": 0.5, "max": 1.5}}])  # keeping boxes at min_object_px = 8 or more
+    assert options.bounded(small_box_px=40.0) == options  # 40 px boxes at 0.5x are 20 px: no bound needed
+    bounded = options.bounded(small_box_px=10.0)  # 10 px boxes: zooming out below 0.8x would make them < 8 px
+    assert bounded.scale_min == pytest.approx(0.8) and bounded.scale_max == 1.5
+    assert options.bounded(small_box_px=4.0).scale_min == 1.0  # already tiny: never zoom out
+    unbounded = parse_augment([{"scale": {"min": 0.5, "max": 1.5, "min_object_px": 0}}])
+    assert unbounded.bounded(small_box_px=4.0).scale_min == 0.5

@@ -130,3 +130,31 @@ def test_cli_rejects_bad_synth_options(tmp_path, argv, capsys):
     argv[2] = str(tmp_path / "x")
     assert run_cli(*argv) == 1
     assert "need num_images >= 2" in capsys.readouterr().err
+
+
+def test_dense_preset_has_many_small_overlapping_objects_of_five_classes(tmp_path):
+    a = write_synthetic_dataset(tmp_path / "a", num_images=12, size=384, seed=3, preset="dense")
+    b = write_synthetic_dataset(tmp_path / "b", num_images=12, size=384, seed=3, preset="dense")
+    assert (a / "annotations" / "train.json").read_bytes() == (b / "annotations" / "train.json").read_bytes()
+    assert validate_dataset(a).problems == []
+    anns = annotations(a)
+    per_image = np.bincount([x["image_id"] for x in anns])[1:]
+    sides = np.sqrt(np.array([x["bbox"][2] * x["bbox"][3] for x in anns]))
+    assert per_image.min() >= 10 and per_image.mean() > 25  # dense
+    assert np.median(sides) < 24 and sides.max() <= 45  # small: 8-40 px objects (visible parts)
+    assert {x["category_id"] for x in anns} == {1, 2, 3, 4, 5}
+    assert overlapping_pair(anns)
+
+
+def test_cli_synth_dense_then_analyze(tmp_path, capsys):
+    out = tmp_path / "dense"
+    assert run_cli("synth", "--preset", "dense", "--out", str(out), "--images", "8") == 0
+    assert "8 dense images (384 px)" in capsys.readouterr().out
+    plot = tmp_path / "anchors.png"
+    assert run_cli("analyze", str(out), "--set", "model.image_size=384", "--plot", str(plot)) == 0
+    report = capsys.readouterr().out
+    assert "model lite0 at 384x384 px" in report and "no anchor at IoU >= 0.5" in report
+    assert "model.anchor_scale=" in report  # small objects: the advice fits the anchors
+    assert plot.stat().st_size > 10_000
+    assert run_cli("analyze", str(tmp_path / "missing")) == 1
+    assert "missing" in capsys.readouterr().err

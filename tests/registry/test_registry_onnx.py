@@ -52,3 +52,42 @@ def test_export_matches_pytorch_with_a_dynamic_batch(registry, tmp_path, capsys,
     with pytest.raises(ExportError, match="deviates from PyTorch"):
         verify_onnx(out, DecodedOutputs(make_model(11)).eval(), (2,))
     assert not out.exists()
+
+
+def test_fitted_anchors_travel_from_checkpoint_to_registry_and_onnx(registry, tmp_path, make_state):
+    """Anchors other than the variant's (a fitted scale, ratios, scales per level, levels) must be the ones the
+    registered model and its ONNX graph decode with; a default-anchor model would place every box elsewhere."""
+    from effdet_core import generate_anchors
+    from effdet_core.config import aspect_ratio_pairs
+    from pipeline.config import ModelConfig
+    from pipeline.registry import register_from_checkpoint
+    from pipeline.registry.export import export_onnx
+    from pipeline.training.checkpoint import save_checkpoint
+
+    anchors = {"anchor_scale": 1.682, "anchor_ratios": [0.25, 1.0, 4.0], "num_scales": 2, "max_level": 6}
+    state = make_state(seed=5, ap=0.05)
+    state.config["model"].update(anchors)  # the checkpoint's config dict, as training writes it (lists, not tuples)
+    model = ModelConfig(**state.config["model"]).build(3, pretrained=False)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    state.model, state.best["weights"] = weights, weights
+    save_checkpoint(state, tmp_path / "ckpt")
+    registration = register_from_checkpoint(
+        tmp_path / "ckpt", "anchors", registry.uri, None, registry.fingerprint, measure_latency=False
+    )
+    detector, _ = load_detector(registry.uri, registration.model_uri)
+    config = detector.package.config
+    assert (config.anchor_scale, config.num_scales, config.min_level, config.max_level) == (1.682, 2, 3, 6)
+    assert config.aspect_ratios == aspect_ratio_pairs((0.25, 1.0, 4.0))
+    report = export_onnx(detector.package.model, tmp_path / "anchors.onnx", check_batch_sizes=(1,))
+    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    images = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(4))
+    boxes, _ = session.run(["boxes", "scores"], {"images": images.numpy()})
+    expected = generate_anchors(config, (128, 128))
+    assert boxes.shape[1] == len(expected) == 6 * sum((128 // 2**level) ** 2 for level in range(3, 7))
+    with torch.no_grad():
+        _, box_outputs = detector.package.model(images)
+    from effdet_core.box_coder import decode
+    from effdet_core.loss import flatten_outputs
+
+    want = decode(flatten_outputs(box_outputs, 4), expected)  # decoded with the fitted anchors
+    np.testing.assert_allclose(boxes, want.numpy(), atol=1e-2, rtol=1e-3)

@@ -108,7 +108,7 @@ def test_cli_rejects_bad_config_before_any_work(capsys):
 
 def test_gpu_only_settings_on_cpu_are_reported_not_silently_dropped():
     from pipeline.config import load_config
-    from pipeline.ray_train import gpu_only_settings_ignored
+    from pipeline.job import gpu_only_settings_ignored
 
     cpu = load_config(None, ["train.amp=bf16", "train.sync_bn=true"])
     notes = gpu_only_settings_ignored(cpu)

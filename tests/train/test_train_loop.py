@@ -1,4 +1,5 @@
-"""The plain-PyTorch loop in one process (no Ray, no MLflow): NaN detection, accumulation, stop and resume."""
+"""The plain-PyTorch loop in one process (no Ray, no MLflow): NaN detection, accumulation, a schedule in steps,
+and a stop inside an epoch resumed exactly where it stopped."""
 
 from __future__ import annotations
 
@@ -7,15 +8,27 @@ import torch
 from torch import nn
 
 from pipeline.config import replace
-from pipeline.training.loop import InjectedFault, build_trainer, fit, train_one_epoch
+from pipeline.data import DetectionDataset
+from pipeline.training.loop import InjectedFault, build_trainer, fit, train_steps
 from pipeline.training.report import best_state, format_progress
+from pipeline.training.schedule import resolve_schedule
+from pipeline.training.stream import BatchStream
 
 LABEL_MAP = {"category_ids": [1, 2, 3], "names": ["circle", "square", "triangle"]}
 
 
-def _batches(n: int, size: int = 128) -> list:
-    target = {"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])}
-    return [(torch.randn(2, 3, size, size), [target, target]) for _ in range(n)]
+class _ListLoader:
+    """The parts of a DataLoader that `BatchStream` uses, over fixed batches of 2 images."""
+
+    batch_size = 2
+
+    def __init__(self, n: int, size: int = 128) -> None:
+        target = {"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])}
+        self.batches = [(torch.randn(2, 3, size, size), [target, target]) for _ in range(n)]
+        self.sampler = list(range(2 * n))
+
+    def __iter__(self):
+        return iter(self.batches)
 
 
 class _NanAtCall(nn.Module):
@@ -33,46 +46,116 @@ class _NanAtCall(nn.Module):
         return losses
 
 
-def test_nan_loss_raises_naming_epoch_and_step(tiny_config):
-    trainer = build_trainer(tiny_config, LABEL_MAP, steps_per_epoch=3, device=torch.device("cpu"))
-    trainer.train_module = _NanAtCall(trainer.train_module, bad_call=2)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss at epoch 7, step 2/3"):
-        train_one_epoch(trainer, _batches(3), epoch=7)
+def _trainer(config, steps_per_epoch: int):
+    schedule = resolve_schedule(config.train, config.optim, steps_per_epoch)
+    return build_trainer(config, LABEL_MAP, schedule, device=torch.device("cpu"))
+
+
+def test_nan_loss_raises_naming_step_epoch_and_batch(tiny_config):
+    trainer = _trainer(tiny_config, steps_per_epoch=3)
+    trainer.train_module = _NanAtCall(trainer.train_module, bad_call=5)
+    stream = BatchStream(_ListLoader(3), grad_accum_steps=1)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 5 \(epoch 2, batch 2\)"):
+        train_steps(trainer, stream, 6)
 
 
 def test_gradient_accumulation_steps_the_optimizer_every_n_batches(tiny_config):
     config = replace(tiny_config, train={"grad_accum_steps": 2})
-    trainer = build_trainer(config, LABEL_MAP, steps_per_epoch=5, device=torch.device("cpu"))
+    trainer = _trainer(config, steps_per_epoch=3)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    metrics = train_one_epoch(trainer, _batches(5), epoch=1)
+    stream = BatchStream(_ListLoader(5), grad_accum_steps=2)
+    metrics = train_steps(trainer, stream, 3)
     assert trainer.scheduler.last_epoch == 3  # 5 batches, accumulate 2: steps after batches 2, 4 and the last
     assert trainer.ema.updates == 3
     assert metrics["train_images"] == 10
+    assert (stream.position.step, stream.position.epoch, stream.position.batch) == (3, 0, 5)
+    stream.next_step()  # the next step starts the next epoch
+    assert (stream.position.epoch, stream.position.batch) == (1, 2)
     changed = [
         k for k, v in trainer.model.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])
     ]
     assert changed, "the optimizer must have changed the weights"
 
 
-def test_stopped_run_resumes_at_the_next_epoch(tiny_config, tmp_path):
-    """A run that dies during epoch 2 continues there from its epoch-1 checkpoint, in a new process state."""
-    config = replace(tiny_config, train={"epochs": 2, "fault_marker": str(tmp_path / "fault"), "fault_epoch": 2})
-    seen: list[tuple[int, float]] = []
+def _record_image_ids(monkeypatch) -> list[int]:
+    """Image ids of every training item loaded, in order (loader_workers=0 loads in this process)."""
+    seen: list[int] = []
+    original = DetectionDataset.__getitem__
 
-    def record(trainer, epoch, metrics):
-        seen.append((epoch, trainer.scheduler.last_epoch))
+    def getitem(self, index):
+        item = original(self, index)
+        if self.split == "train":
+            seen.append(item[1]["image_id"])
+        return item
 
-    with pytest.raises(InjectedFault, match="epoch 2"):
-        fit(config, tmp_path / "ckpt", on_epoch_end=record)
-    assert [e for e, _ in seen] == [1]
-    steps_per_epoch = seen[0][1]
+    monkeypatch.setattr(DetectionDataset, "__getitem__", getitem)
+    return seen
 
-    final = fit(config, tmp_path / "ckpt", resume=True, on_epoch_end=record)
-    assert [e for e, _ in seen] == [1, 2]  # epoch 1 was not redone
-    assert seen[1][1] == 2 * steps_per_epoch  # the schedule continued where it stopped
-    assert final.epoch == 2 and "val_AP50" in final.metrics
-    assert final.best["epoch"] in (1, 2)
+
+def test_a_run_stopped_inside_an_epoch_resumes_with_the_same_images_and_schedule(tiny_config, tmp_path, monkeypatch):
+    """16 images, batch 4: 4 steps per epoch. 10 steps, evaluated every 3: checkpoints at steps 3, 6, 9, 10. A
+    crash as epoch 3 starts (step 8) resumes from step 6, two batches into epoch 2, and must train exactly the
+    images and learning rates of the run that never stopped."""
+    seen = _record_image_ids(monkeypatch)
+    base = replace(tiny_config, train={"epochs": None, "steps": 10, "eval_every": "3 steps"}, ray={"num_workers": 1})
+    periods: list[tuple[int, float]] = []
+
+    def record(trainer, metrics):
+        periods.append((int(metrics["step"]), trainer.optimizer.param_groups[0]["lr"]))
+
+    fit(base, tmp_path / "straight", on_period_end=record)
+    straight_ids, straight_periods = list(seen), list(periods)
+    assert [p for p, _ in straight_periods] == [3, 6, 9, 10] and len(straight_ids) == 40
+
+    seen.clear(), periods.clear()
+    crashing = replace(base, train={"fault_marker": str(tmp_path / "fault"), "fault_epoch": 3})
+    with pytest.raises(InjectedFault, match="epoch 3"):
+        fit(crashing, tmp_path / "crash", on_period_end=record)
+    before_crash = list(seen)
+    assert [p for p, _ in periods] == [3, 6] and len(before_crash) == 32  # steps 1-8 loaded, checkpoint at 6
+    seen.clear()
+    final = fit(crashing, tmp_path / "crash", resume=True, on_period_end=record)
+    assert before_crash[:24] + seen == straight_ids  # steps 7-10 after the resume: the same images, same order
+    assert periods == straight_periods  # the same evaluation points and learning rates
+    assert final.position == {"step": 10, "epoch": 2, "batch": 2} and "val_AP50" in final.metrics
+    assert final.best["step"] in (3, 6, 9, 10)
     deployable = best_state(final)
     assert deployable.optimizer is None and set(deployable.model) == set(final.model)
-    line = format_progress(2, 2, final.metrics, eta_s=75)
-    assert line.startswith("epoch 2/2") and "AP50" in line and "img/s" in line and "ETA 1m15s" in line
+    line = format_progress(10, 10, final.metrics, eta_s=75)
+    assert line.startswith("step 10/10 (epoch 2.5)") and "AP50" in line and "img/s" in line and "ETA 1m15s" in line
+
+
+def test_records_without_iscrowd_or_area_train_and_evaluate(tiny_config, tmp_path, monkeypatch):
+    """Many annotation tools omit `iscrowd` and `area`; pycocotools' evaluator needs both. Validation says how many
+    it fills, and training runs through its evaluations."""
+    import json
+    import shutil
+
+    from pipeline.data import validate_dataset
+    from pipeline.training import loop
+
+    data = tmp_path / "exported"
+    shutil.copytree(tiny_config.data.dir, data)
+    for split in ("train", "val"):
+        path = data / "annotations" / f"{split}.json"
+        coco = json.loads(path.read_text())
+        for ann in coco["annotations"]:
+            ann.pop("iscrowd"), ann.pop("area")
+        coco.pop("info", None), coco.pop("licenses", None)
+        path.write_text(json.dumps(coco))
+    report = validate_dataset(data)
+    assert report.ok and report.filled["iscrowd"] == report.filled["area"] == sum(report.num_annotations.values())
+    assert f"{report.filled['area']} annotation(s) without 'area' filled" in report.summary()
+    postprocess_seen = []
+    original = loop.evaluate
+
+    def evaluate(*args, **kwargs):
+        postprocess_seen.append(args[6])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    train = {"epochs": None, "steps": 2, "eval_every": "2 steps"}
+    config = replace(tiny_config, data={"dir": str(data)}, train=train, ray={"num_workers": 1})
+    final = fit(config, tmp_path / "ckpt")
+    assert final.position["step"] == 2 and 0.0 <= final.metrics["val_AP50"] <= 1.0
+    assert [p.soft_nms for p in postprocess_seen] == [True]  # validation scores soft-NMS detections by default

@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import OptimConfig
+from pipeline.config import OptimConfig, TrainConfig
 from pipeline.training.checkpoint import CheckpointError, TrainState, load_checkpoint, save_checkpoint
 from pipeline.training.ema import ModelEma
 from pipeline.training.optim import build_optimizer, build_scheduler, clip_gradients, param_groups
+from pipeline.training.schedule import resolve_schedule
 
 
 def _small_net() -> nn.Module:
@@ -88,7 +89,7 @@ def test_warmup_then_cosine(name):
     net = _small_net()
     net(torch.zeros(1, 3, 5, 5))
     opt = build_optimizer(net, cfg, lr=0.1)
-    sched = build_scheduler(opt, cfg, steps_per_epoch=10, epochs=5)
+    sched = build_scheduler(opt, cfg, resolve_schedule(TrainConfig(epochs=5), cfg, steps_per_epoch=10))
     lrs = []
     for _ in range(50):
         lrs.append(opt.param_groups[0]["lr"])

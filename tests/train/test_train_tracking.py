@@ -8,6 +8,7 @@ import pytest
 
 from pipeline import ray_train
 from pipeline.config import replace
+from pipeline.job import resolve_job
 from pipeline.tracking import TrackingError, check_tracking_store, resolve_tracking_uri, ui_hint
 
 
@@ -39,7 +40,7 @@ def test_unreachable_server_stops_the_job_before_training(tiny_config, unused_po
     config = replace(tiny_config, mlflow={"tracking_uri": uri})
     start = time.perf_counter()
     with pytest.raises(TrackingError, match=f"MLflow tracking server {uri} is unreachable"):
-        ray_train.train(config)
+        resolve_job(config)
     assert time.perf_counter() - start < 30
     storage = tiny_config.ray.storage_path
     assert not (ray_train.Path(storage).exists() and any(ray_train.Path(storage).iterdir())), "no run started"

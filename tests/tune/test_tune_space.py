@@ -38,12 +38,12 @@ def test_spaces_compose_and_every_key_keeps_its_source(base):
 
 def test_compound_phi_sets_backbone_width_depth_and_capped_resolution(base):
     space = load_space([SPACES / "compound.yaml"], base)
-    for phi, backbone, width, depth in ((0, "tf_efficientnet_b0", 64, 3), (2, "tf_efficientnet_b2", 112, 5)):
+    for phi, backbone, width, depth in ((0, "tf_efficientnet_lite0", 64, 3), (2, "tf_efficientnet_lite2", 112, 5)):
         config = apply_overrides(base, space.overrides({"phi": phi}))
         resolved = config.model.resolve()
         assert (resolved.backbone, resolved.fpn_channels, resolved.fpn_repeats) == (backbone, width, depth)
-        assert resolved.image_size == (256, 256)  # min(512 + 128 phi, the file's cap of 256)
-        assert config.model.pretrained_backbone is None  # the Lite0 weights do not fit B0-B6
+        assert resolved.image_size == (256, 256)  # min(320/384/448, the file's cap of 256)
+        assert config.model.pretrained_backbone == "imagenet"  # each trial's own backbone's ImageNet weights
 
 
 def test_lite_family_without_cap_keeps_official_resolution(tmp_path, base):
@@ -74,7 +74,10 @@ def test_lite_family_without_cap_keeps_official_resolution(tmp_path, base):
         ("spaces: {optim.lr: {choice: [0.1]}}", "unknown top-level key(s) ['spaces']"),
         ("compound: {phi: {choice: [0, 9]}}", "phi=9"),
         ("compound: {phi: {choice: [0]}, max_image_size: 300}", "max_image_size=300"),
-        ("compound: {phi: {choice: [0, 1]}}", "'lite0-imagenet' fits the tf_efficientnet_lite0 backbone"),
+        (
+            "compound: {phi: {choice: [0, 1]}}\nfixed: {model.pretrained_backbone: lite0-imagenet}",
+            "'lite0-imagenet' has no weights for the 'tf_efficientnet_b0' backbone",
+        ),
     ],
 )
 def test_bad_space_is_rejected_with_file_and_value(tmp_path, base, text, expected):

@@ -1,0 +1,103 @@
+"""The run's length and rhythm in optimizer steps: total steps, warm-up, evaluation points.
+
+A user gives `train.epochs` or `train.steps` (or neither: the length is then chosen from the dataset's size and
+the run header says why). Warm-up, the cosine decay and the EMA follow optimizer steps; evaluation (with its
+report and checkpoint) comes every `train.eval_every` epochs or steps, and always at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from pipeline.config import ConfigError, OptimConfig, TrainConfig
+
+AUTO_EPOCHS = 12  # a "1x" fine-tuning schedule for datasets large enough to learn from in 12 passes
+MIN_STEPS = 600  # fewer optimizer steps than this learn little, however small the dataset
+MAX_EPOCHS = 300  # the official COCO schedule: more passes over a tiny dataset only memorise it
+AUTO_EVALUATIONS = 6  # `eval_every: auto`: about this many evaluations per run, at whole epochs when epochs are short
+EVAL_EVERY_PATTERN = re.compile(r"^\s*(\d+)\s*(epochs?|steps?)?\s*$")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Optimizer steps of one run (global: every rank takes the same steps)."""
+
+    total_steps: int
+    steps_per_epoch: int  # optimizer steps per pass over the training set
+    warmup_steps: int
+    eval_period: int  # evaluate (report, checkpoint) every this many steps, and at total_steps
+    length_reason: str  # how the length was chosen, for the run header
+
+    @property
+    def epochs(self) -> float:
+        return self.total_steps / self.steps_per_epoch
+
+    def eval_points(self) -> list[int]:
+        """The steps after which the run evaluates, reports and checkpoints."""
+        points = list(range(self.eval_period, self.total_steps, self.eval_period))
+        return [*points, self.total_steps]
+
+    def describe(self) -> str:
+        return (
+            f"{self.total_steps} steps ({self.epochs:.3g} epochs of {self.steps_per_epoch} steps), warm-up "
+            f"{self.warmup_steps} steps, evaluation every {self.eval_period} steps: {self.length_reason}"
+        )
+
+
+def steps_per_epoch(num_train_images: int, batch_size: int, world_size: int, grad_accum_steps: int) -> int:
+    """Optimizer steps per epoch: every rank loads ceil(images / (batch * world)) whole batches (the sampler pads),
+    and an optimizer step takes `grad_accum_steps` of them (the last one of an epoch may take fewer)."""
+    if num_train_images < 1:
+        raise ConfigError("the training split has no images")
+    batches = math.ceil(num_train_images / (batch_size * world_size))
+    return math.ceil(batches / grad_accum_steps)
+
+
+def resolve_schedule(train: TrainConfig, optim: OptimConfig, steps_per_epoch: int) -> Schedule:
+    """The schedule of a run whose epochs take `steps_per_epoch` optimizer steps."""
+    total, reason = _length(train, steps_per_epoch)
+    warmup = min(total - 1, round(optim.warmup_epochs * steps_per_epoch))
+    if optim.warmup_steps is not None:
+        warmup = min(total - 1, optim.warmup_steps)
+    period = _eval_period(train.eval_every, steps_per_epoch, total)
+    return Schedule(total, steps_per_epoch, max(0, warmup), period, reason)
+
+
+def _length(train: TrainConfig, steps_per_epoch: int) -> tuple[int, str]:
+    if train.steps is not None:
+        return train.steps, "train.steps"
+    if train.epochs is not None:
+        return train.epochs * steps_per_epoch, "train.epochs"
+    by_epochs = AUTO_EPOCHS * steps_per_epoch
+    if by_epochs >= MIN_STEPS:
+        return by_epochs, f"chosen: {AUTO_EPOCHS} epochs (set train.epochs or train.steps to change it)"
+    steps = min(MIN_STEPS, MAX_EPOCHS * steps_per_epoch)
+    return steps, (
+        f"chosen: a small dataset ({steps_per_epoch} steps per epoch) gets at least {MIN_STEPS} steps and at most "
+        f"{MAX_EPOCHS} epochs, instead of {AUTO_EPOCHS} epochs ({by_epochs} steps); set train.epochs or train.steps "
+        "to change it"
+    )
+
+
+def parse_eval_every(value: str) -> tuple[int, str] | None:
+    """`"3"`, `"3 epochs"`, `"500 steps"` -> (count, "epochs" | "steps"); `"auto"` -> None. ValueError otherwise."""
+    if value.strip() == "auto":
+        return None
+    match = EVAL_EVERY_PATTERN.match(value)
+    if not match or int(match.group(1)) < 1:
+        raise ValueError("must be auto, a number of epochs, or e.g. '2 epochs' / '500 steps' (>= 1)")
+    unit = match.group(2) or "epochs"
+    return int(match.group(1)), "steps" if unit.startswith("step") else "epochs"
+
+
+def _eval_period(eval_every: str, steps_per_epoch: int, total: int) -> int:
+    parsed = parse_eval_every(eval_every)
+    if parsed is None:  # auto: about AUTO_EVALUATIONS evaluations, at the ends of epochs unless epochs are long
+        period = max(1, math.ceil(total / AUTO_EVALUATIONS))
+        if steps_per_epoch <= 2 * period:
+            period = max(1, round(period / steps_per_epoch)) * steps_per_epoch
+        return min(period, total)
+    count, unit = parsed
+    return min(total, count * steps_per_epoch if unit == "epochs" else count)
