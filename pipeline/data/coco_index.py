@@ -58,8 +58,11 @@ def load_coco(path: str | os.PathLike) -> COCO:
 def build_records(coco: COCO, image_root: Path, label_map: LabelMap) -> list[ImageRecord]:
     """Training records for every image of ``coco`` (images without boxes are kept)."""
     records = []
+    base = image_root.resolve()
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
+        if not (image_root / info["file_name"]).resolve().is_relative_to(base):
+            raise DatasetError(f"image id {image_id}: file_name {info['file_name']!r} resolves outside {base}")
         width, height = int(info["width"]), int(info["height"])
         boxes, labels = [], []
         for ann in coco.imgToAnns.get(image_id, []):

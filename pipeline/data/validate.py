@@ -36,6 +36,7 @@ ZERO_AREA_BOX = "zero_area_box"
 BOX_OUTSIDE = "box_outside_image"
 BOX_CLIPPED = "box_clipped"
 CATEGORY_MISMATCH = "category_mismatch"
+PATH_ESCAPE = "path_outside_images"  # a file_name that resolves outside DIR/images (.., absolute, symlink out)
 FILLED_FIELD = "filled_field"  # iscrowd/area absent, as many annotation tools write them: filled with the defaults
 
 
@@ -158,6 +159,7 @@ def validate_coco(
         for record_id, count in Counter(r["id"] for r in records).items():
             if count > 1:
                 problems.append(Problem(DUPLICATE_ID, json_file, f"{name} id {record_id}", f"used {count} times"))
+    problems.extend(_escaping_paths(images, json_file, Path(image_root)))
     category_ids = {c["id"] for c in categories}
     by_id = {im["id"]: im for im in images}
     for ann in annotations:
@@ -270,9 +272,25 @@ def _check_annotation(
     return problems
 
 
+def _escaping_paths(images: list[dict[str, Any]], json_file: str, root: Path) -> list[Problem]:
+    """Image records whose file resolves outside the images folder: reading them would read any file the user can."""
+    base = root.resolve()
+    problems = []
+    for im in images:
+        target = (root / im["file_name"]).resolve()
+        if not target.is_relative_to(base):
+            message = f"file_name {im['file_name']!r} resolves to {target}, outside {base}"
+            problems.append(Problem(PATH_ESCAPE, json_file, f"image id {im['id']}", message))
+    return problems
+
+
 def _check_image_files(images: list[dict[str, Any]], json_file: str, root: Path) -> list[Problem]:
+    base = root.resolve()
+
     def check(im: dict[str, Any]) -> Problem | None:
         path = root / im["file_name"]
+        if not path.resolve().is_relative_to(base):
+            return None  # reported as PATH_ESCAPE; never opened
         record = f"image id {im['id']} ({path})"
         if not path.is_file():
             return Problem(MISSING_IMAGE, json_file, record, "image file not found")

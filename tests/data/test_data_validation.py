@@ -184,3 +184,24 @@ def test_every_planted_problem_is_reported_at_once(make_dataset):
         (v.BOX_OUTSIDE, "annotation id 1001"),
         (v.MISSING_IMAGE, "image id 102"),
     }
+
+
+@pytest.mark.parametrize("file_name", ["../../../../etc/passwd", "/etc/passwd", "link/passwd"])
+def test_image_paths_outside_the_images_folder_are_refused_unopened(make_dataset, tmp_path, file_name, monkeypatch):
+    import json
+
+    ds = make_dataset()
+    path = ds / "annotations" / "train.json"
+    train = json.loads(path.read_text())
+    train["images"][0]["file_name"] = file_name  # image id 1 (planted after the images were written)
+    path.write_text(json.dumps(train))
+    (ds / "images" / "link").symlink_to("/etc", target_is_directory=True)
+    opened = []
+    original = v.Image.open
+    monkeypatch.setattr(v.Image, "open", lambda path, *a, **k: opened.append(str(path)) or original(path, *a, **k))
+    report = v.validate_dataset(ds)
+    escapes = [p for p in report.fatal if p.kind == v.PATH_ESCAPE]
+    assert len(escapes) == 1 and escapes[0].record == "image id 1" and "outside" in escapes[0].message
+    assert not any("passwd" in path for path in opened)
+    for check_images in (True, False):  # refused even without opening any image
+        assert v.PATH_ESCAPE in {p.kind for p in v.validate_dataset(ds, check_images=check_images).fatal}
