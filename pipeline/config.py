@@ -1,4 +1,5 @@
-"""The training job's configuration: one frozen dataclass per concern, loaded from YAML plus `--set` overrides.
+"""The training job's configuration: the sections (`pipeline.config_sections`), loaded from YAML plus `--set`
+overrides.
 
 Loading rejects unknown keys (naming the valid ones) and bad values (naming the key and the value) before any
 long work starts; the resolved config prints and saves as YAML and flattens to MLflow params.
@@ -18,365 +19,40 @@ from typing import Any
 
 import yaml
 
-from effdet_core.config import FEATURE_NETWORKS, FUSION_METHODS, VARIANTS
-
-
-class ConfigError(ValueError):
-    """A user error in the configuration: the message names the key and the bad value or the file."""
-
-
-def _check(ok: bool, key: str, value: Any, why: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r}: {why}")
-
-
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    _check(value in choices, key, value, f"not supported; choose one of {list(choices)}")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where the dataset lives, how it is loaded, and the demo dataset generated when it is absent."""
-
-    dir: str = "data/demo"
-    generate_if_missing: bool = True  # write the synthetic demo dataset into `dir` when it does not exist
-    synth_preset: str = "shapes"  # generated dataset: shapes (the demo) | dense (small, overlapping objects)
-    synth_images: int = 400  # demo dataset: total images (train + val)
-    synth_size: int = 256  # demo dataset: image side in px
-    synth_val_fraction: float = 0.2
-    batch_size: int = 8  # per worker
-    val_batch_size: int | None = None  # null = batch_size
-    loader_workers: int = 0  # DataLoader processes per training worker (0 = load in the training process)
-    # training augmentation: a preset (default | strong | aerial | none) or a list of steps, e.g.
-    # [{scale: {min: 0.5, max: 1.5}}, {hflip: {p: 0.5}}, {color: {}}] (ops: pipeline/data/augment_spec.py)
-    augment: str | tuple[dict | str, ...] = "default"
-
-    def __post_init__(self) -> None:
-        _check(bool(self.dir), "data.dir", self.dir, "must be a non-empty path")
-        _choice("data.synth_preset", self.synth_preset, ("shapes", "dense"))
-        _check(self.synth_images >= 2, "data.synth_images", self.synth_images, "must be >= 2")
-        _check(self.synth_size >= 32, "data.synth_size", self.synth_size, "must be >= 32")
-        _check(0 < self.synth_val_fraction < 1, "data.synth_val_fraction", self.synth_val_fraction, "must be in (0, 1)")
-        _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
-        _check(
-            self.val_batch_size is None or self.val_batch_size >= 1,
-            "data.val_batch_size",
-            self.val_batch_size,
-            "must be >= 1 or null",
-        )
-        _check(self.loader_workers >= 0, "data.loader_workers", self.loader_workers, "must be >= 0")
-        try:
-            self.augment_options()
-        except ValueError as e:
-            raise ConfigError(f"data.augment{'' if str(e).startswith('[') else ': '}{e}") from None
-
-    def augment_options(self):
-        """The resolved training augmentation (`pipeline.data.augment_spec.AugmentOptions`)."""
-        from pipeline.data.augment_spec import parse_augment
-
-        return parse_augment(self.augment)
-
-
-MODEL_VARIANTS = tuple(VARIANTS)  # effdet_core's named variants: one list for the whole project
-_MODEL_OVERRIDE_KEYS = (
-    "fpn_channels",
-    "fpn_repeats",
-    "head_repeats",
-    "fusion",
-    "feature_network",
-    "backbone",
-    "anchor_scale",
-    "num_scales",
-    "min_level",
-    "max_level",
-    "bn_momentum",
+from pipeline.config_sections import (
+    AUTO,
+    MODEL_VARIANTS,
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    MlflowConfig,
+    ModelConfig,
+    OptimConfig,
+    RayConfig,
+    TrainConfig,
 )
-AUTO = "auto"  # a value fitted to the training boxes before training (`pipeline.data.anchor_fit`)
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which EfficientDet to build; null fields keep the variant's official value."""
-
-    variant: str = "lite0"
-    image_size: int | None = 256  # square input side, divisible by 2**max_level (128); null = official
-    # a weights file, "imagenet" (offline ImageNet weights: Lite0-2), "timm" (Hugging Face cache) or null (random)
-    pretrained_backbone: str | None = "imagenet"
-    fpn_channels: int | None = None  # BiFPN width W
-    fpn_repeats: int | None = None  # BiFPN depth D (cells)
-    head_repeats: int | None = None  # class/box net depth
-    fusion: str | None = None  # fast | softmax | sum
-    feature_network: str | None = None  # bifpn | panet | fpn
-    backbone: str | None = None  # a timm EfficientNet name, e.g. tf_efficientnet_b1
-    # anchors: null keeps the variant's official values; "auto" fits them to the training boxes before training
-    anchor_scale: float | str | None = None  # anchor side = anchor_scale * level stride (official: 4, Lite: 3)
-    anchor_ratios: tuple[float, ...] | str | None = None  # width/height ratios, e.g. [0.5, 1.0, 2.0]
-    num_scales: int | None = None  # octave scales per level (official: 3)
-    min_level: int | None = None  # pyramid levels P{min}..P{max} (official: 3..7, D7x 3..8)
-    max_level: int | None = None
-    # BatchNorm momentum of the feature network and heads (PyTorch sense); null = official 0.01, made for
-    # 300-epoch runs: short runs evaluate with running statistics that lag the weights
-    bn_momentum: float | None = None
-
-    def __post_init__(self) -> None:
-        _choice("model.variant", self.variant, MODEL_VARIANTS)
-        if isinstance(self.anchor_ratios, list):  # built from a checkpoint's (JSON-like) dict, not through from_dict
-            object.__setattr__(self, "anchor_ratios", tuple(float(r) for r in self.anchor_ratios))
-        for key in ("anchor_scale", "anchor_ratios"):
-            value = getattr(self, key)
-            _check(not isinstance(value, str) or value == AUTO, f"model.{key}", value, "must be a value, auto or null")
-        _check(
-            not isinstance(self.anchor_scale, float) or self.anchor_scale > 0,
-            "model.anchor_scale",
-            self.anchor_scale,
-            "must be > 0",
-        )
-        if isinstance(self.anchor_ratios, tuple):
-            _check(
-                len(self.anchor_ratios) > 0 and all(r > 0 for r in self.anchor_ratios),
-                "model.anchor_ratios",
-                list(self.anchor_ratios),
-                "must be a non-empty list of positive width/height ratios",
-            )
-        if self.fusion is not None:
-            _choice("model.fusion", self.fusion, FUSION_METHODS)
-        if self.feature_network is not None:
-            _choice("model.feature_network", self.feature_network, FEATURE_NETWORKS)
-        _check(self.backbone is None or bool(self.backbone), "model.backbone", self.backbone, "must be a name or null")
-        # divisibility by 2**max_level is effdet_core's rule (it allows the official uneven Lite sizes); it is
-        # checked against the real model config by `training.inputs.model_normalisation` before any training
-        _check(self.image_size is None or self.image_size > 0, "model.image_size", self.image_size, "must be > 0")
-        _check(
-            self.bn_momentum is None or 0 < self.bn_momentum <= 1,
-            "model.bn_momentum",
-            self.bn_momentum,
-            "must be in (0, 1] or null",
-        )
-        for key in ("fpn_channels", "fpn_repeats", "head_repeats", "num_scales", "min_level", "max_level"):
-            value = getattr(self, key)
-            _check(value is None or value >= 1, f"model.{key}", value, "must be >= 1 or null")
-
-    def build(self, num_classes: int, pretrained: bool = True):
-        """The bare EfficientDet this config describes (pretrained backbone unless `pretrained=False`, e.g. when
-        the weights come from a checkpoint)."""
-        from effdet_core import create_model
-
-        assert not self.needs_fit, "auto anchor settings must be fitted (pipeline.data.anchor_fit) before building"
-
-        backbone = self.pretrained_backbone if pretrained else None
-        return create_model(self.variant, num_classes, pretrained_backbone=backbone, **self.overrides())
-
-    @property
-    def needs_fit(self) -> bool:
-        """Some anchor setting is `auto`: fit it to the data (`pipeline.data.anchor_fit`) before building."""
-        return AUTO in (self.anchor_scale, self.anchor_ratios)
-
-    def overrides(self) -> dict[str, Any]:
-        """The keyword overrides for `effdet_core.create_model` (only the fields that are set; `auto` values keep
-        the variant's official ones until they are fitted)."""
-        from effdet_core.config import aspect_ratio_pairs
-
-        out: dict[str, Any] = {}
-        if self.image_size is not None:
-            out["image_size"] = (self.image_size, self.image_size)
-        for key in _MODEL_OVERRIDE_KEYS:
-            if getattr(self, key) not in (None, AUTO):
-                out[key] = getattr(self, key)
-        if isinstance(self.anchor_ratios, tuple):
-            out["aspect_ratios"] = aspect_ratio_pairs(self.anchor_ratios)
-        return out
-
-    def resolve(self):
-        """The `effdet_core.EfficientDetConfig` this describes, without building the network; every inconsistency
-        (a size the levels cannot divide, weights that do not fit the backbone) is a ConfigError."""
-        from effdet_core import get_config
-
-        try:
-            resolved = get_config(self.variant, **self.overrides())
-        except ValueError as e:  # effdet_core names the field; say which config section it came from
-            raise ConfigError(f"model: {e}") from None
-        from effdet_core.backbone import WEIGHT_NAMES, packaged_weights_backbone
-
-        weights = self.pretrained_backbone
-        if weights in WEIGHT_NAMES and weights != "timm":
-            try:
-                packaged_weights_backbone(weights, resolved.backbone)
-            except ValueError as e:
-                raise ConfigError(f"model.{e} (model.variant={self.variant!r})") from None
-        if weights is not None and weights not in WEIGHT_NAMES and not Path(weights).is_file():
-            raise ConfigError(f"model.pretrained_backbone={weights!r}: no such weights file")
-        return resolved
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """The optimisation recipe: optimizer, learning-rate schedule, regularisation, EMA."""
-
-    name: str = "sgd"
-    # for a global batch of `lr_reference_batch` images, scaled to the real one by `lr_scaling` (0.226 at a batch of
-    # 8, 0.45 at 32); 8x the official 0.08, which is tuned for 300 epochs (README "Recipe" has the measurements)
-    lr: float = 0.64
-    lr_reference_batch: int = 64
-    lr_scaling: str = "sqrt"  # sqrt (lr * sqrt(batch / reference)) | linear (lr * batch / reference)
-    momentum: float = 0.9  # SGD momentum, or AdamW beta1
-    weight_decay: float = 4e-5  # on weights only: never on biases or norm parameters
-    warmup_epochs: float = 1.0
-    warmup_steps: int | None = None  # wins over warmup_epochs when set
-    warmup_start_factor: float = 0.1
-    min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
-    clip_grad_norm: float | None = 10.0
-    ema_decay: float | None = 0.9998  # null disables EMA (the raw weights are evaluated and saved)
-    ema_warmup: bool = True  # ramp the decay up at the start, so short runs do not evaluate near-init weights
-
-    def __post_init__(self) -> None:
-        _choice("optim.name", self.name, ("sgd", "adamw"))
-        _check(self.lr > 0, "optim.lr", self.lr, "must be > 0")
-        _check(self.lr_reference_batch >= 1, "optim.lr_reference_batch", self.lr_reference_batch, "must be >= 1")
-        _choice("optim.lr_scaling", self.lr_scaling, ("sqrt", "linear"))
-        _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "must be in [0, 1)")
-        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
-        _check(self.warmup_epochs >= 0, "optim.warmup_epochs", self.warmup_epochs, "must be >= 0")
-        _check(
-            self.warmup_steps is None or self.warmup_steps >= 0,
-            "optim.warmup_steps",
-            self.warmup_steps,
-            "must be >= 0 or null",
-        )
-        _check(
-            0 < self.warmup_start_factor <= 1,
-            "optim.warmup_start_factor",
-            self.warmup_start_factor,
-            "must be in (0, 1]",
-        )
-        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
-        _check(
-            self.clip_grad_norm is None or self.clip_grad_norm > 0,
-            "optim.clip_grad_norm",
-            self.clip_grad_norm,
-            "must be > 0 or null",
-        )
-        _check(
-            self.ema_decay is None or 0 < self.ema_decay < 1,
-            "optim.ema_decay",
-            self.ema_decay,
-            "must be in (0, 1) or null",
-        )
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The loop: length, precision, compilation, accumulation, where local outputs go."""
-
-    # length: epochs or optimizer steps (not both); neither = chosen from the dataset's size (the header says why)
-    epochs: int | None = None
-    steps: int | None = None
-    eval_every: str = "auto"  # N (epochs), "N epochs", "N steps" or auto (about 6 per run); always at the end
-    seed: int = 0
-    amp: str = "none"  # none | bf16 | fp16 (autocast on GPU only; CPU always trains in fp32)
-    sync_bn: bool = False  # SyncBatchNorm across GPU workers (ignored on CPU, where gloo has no SyncBN)
-    compile: bool = False  # torch.compile the model
-    channels_last: bool = True  # NHWC activations: faster convolutions on CPU (oneDNN) and GPU tensor cores
-    grad_accum_steps: int = 1
-    threads_per_worker: int | None = None  # torch intra-op threads; null = the worker's CPU share
-    output_dir: str = "outputs"
-    fault_marker: str | None = None  # test hook: rank 0 raises once at `fault_epoch` while this file is absent
-    fault_epoch: int = 2
-
-    def __post_init__(self) -> None:
-        from pipeline.training.schedule import parse_eval_every
-
-        _check(self.epochs is None or self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1 or null")
-        _check(self.steps is None or self.steps >= 1, "train.steps", self.steps, "must be >= 1 or null")
-        _check(
-            self.epochs is None or self.steps is None,
-            "train.steps",
-            self.steps,
-            f"give train.epochs ({self.epochs}) or train.steps, not both",
-        )
-        try:
-            parse_eval_every(self.eval_every)
-        except ValueError as e:
-            raise ConfigError(f"train.eval_every={self.eval_every!r}: {e}") from None
-        _choice("train.amp", self.amp, ("none", "bf16", "fp16"))
-        _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "must be >= 1")
-        _check(
-            self.threads_per_worker is None or self.threads_per_worker >= 1,
-            "train.threads_per_worker",
-            self.threads_per_worker,
-            "must be >= 1 or null",
-        )
-        _check(self.fault_epoch >= 1, "train.fault_epoch", self.fault_epoch, "must be >= 1")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How validation turns the network's outputs into detections (the registered model keeps its own settings,
-    hard NMS by default, for serving speed)."""
-
-    nms: str = "soft"  # soft: Gaussian soft-NMS, as the official evaluation | hard: torchvision's batched NMS
-    soft_nms_sigma: float = 0.5
-    iou_threshold: float = 0.5  # hard NMS
-    max_detections: int = 100  # per image, as COCO counts them
-
-    def __post_init__(self) -> None:
-        _choice("eval.nms", self.nms, ("soft", "hard"))
-        _check(self.soft_nms_sigma > 0, "eval.soft_nms_sigma", self.soft_nms_sigma, "must be > 0")
-        _check(0 < self.iou_threshold <= 1, "eval.iou_threshold", self.iou_threshold, "must be in (0, 1]")
-        _check(self.max_detections >= 1, "eval.max_detections", self.max_detections, "must be >= 1")
-
-    def postprocess(self):
-        """The `effdet_core.PostprocessConfig` of these settings."""
-        from effdet_core import PostprocessConfig
-
-        return PostprocessConfig(
-            nms_iou_threshold=self.iou_threshold,
-            max_detections=self.max_detections,
-            soft_nms=self.nms == "soft",
-            soft_nms_sigma=self.soft_nms_sigma,
-        )
-
-
-@dataclass(frozen=True)
-class RayConfig:
-    """Ray Train scaling, storage and fault tolerance."""
-
-    num_workers: int = 2
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    address: str | None = None  # null: connect to RAY_ADDRESS or start a local Ray
-    storage_path: str = "ray_results"  # made absolute in the driver; shared storage on a cluster
-    # storage_path is a filesystem mounted at the same path on every node (NFS, EFS, Filestore...): needed for a
-    # local-looking path on a multi-node cluster; verified by a probe when the run starts
-    shared_storage: bool = False
-    name: str | None = None  # run name; null = a new timestamped one (or the latest with --resume)
-    max_failures: int = 1  # worker-group restarts; each resumes from the last epoch checkpoint
-    num_to_keep: int = 2  # epoch checkpoints kept by Ray (the best one is kept separately for MLflow)
-    placement_strategy: str = "PACK"
-
-    def __post_init__(self) -> None:
-        _check(self.num_workers >= 1, "ray.num_workers", self.num_workers, "must be >= 1")
-        _check(self.cpus_per_worker > 0, "ray.cpus_per_worker", self.cpus_per_worker, "must be > 0")
-        _check(self.max_failures >= -1, "ray.max_failures", self.max_failures, "must be >= -1 (-1 = unlimited)")
-        _check(self.num_to_keep >= 1, "ray.num_to_keep", self.num_to_keep, "must be >= 1")
-        _choice("ray.placement_strategy", self.placement_strategy, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
-        _check(bool(self.storage_path), "ray.storage_path", self.storage_path, "must be a non-empty path or URI")
-
-
-@dataclass(frozen=True)
-class MlflowConfig:
-    """Where and how the run is tracked."""
-
-    tracking_uri: str | None = None  # null: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
-    experiment: str = "efficientdet"
-    run_name: str | None = None
-    log_checkpoint: bool = True  # log the best checkpoint as an artifact
-    grid_images: int = 8  # validation images in the predicted-vs-true grid
-    score_threshold: float = 0.3  # for drawing predicted boxes in the grid
-
-    def __post_init__(self) -> None:
-        _check(bool(self.experiment), "mlflow.experiment", self.experiment, "must be a non-empty name")
-        _check(self.grid_images >= 0, "mlflow.grid_images", self.grid_images, "must be >= 0")
-        _check(0 <= self.score_threshold <= 1, "mlflow.score_threshold", self.score_threshold, "must be in [0, 1]")
+__all__ = [
+    "AUTO",
+    "MODEL_VARIANTS",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "MlflowConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PipelineConfig",
+    "RayConfig",
+    "TrainConfig",
+    "flatten",
+    "from_dict",
+    "load_config",
+    "parse_override",
+    "replace",
+    "save_config",
+    "to_dict",
+    "to_yaml",
+]
 
 
 @dataclass(frozen=True)

@@ -83,11 +83,10 @@ def resolve_job(config: PipelineConfig) -> ResolvedJob:
         analysis = analyze(config)  # the statistics of the anchors training will use
     nominal, jittered = analysis.coverage(config.model.resolve())
     if 1 - jittered > UNCOVERED_WARNING:
-        fitted = analysis.coverage(analysis.fitted_config())[1]
         notes.append(
-            f"warning: {1 - jittered:.0%} of the training boxes have no anchor at IoU >= 0.5 (each trains one "
-            f"force-matched anchor); model.anchor_scale=auto would fit {analysis.fitted_scale} ({1 - fitted:.0%} "
-            "uncovered); see `run_pipeline.py data analyze`"
+            f"warning: {1 - jittered:.0%} of the training boxes have no anchor at IoU >= 0.5 (each trains a single "
+            f"force-matched anchor): `run_pipeline.py data analyze {config.data.dir}` shows them against the "
+            "anchors, with advice (input size, anchor scale, a stride-4 level)"
         )
     per_epoch = steps_per_epoch(
         report.num_images["train"], config.data.batch_size, config.ray.num_workers, config.train.grad_accum_steps

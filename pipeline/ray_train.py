@@ -218,6 +218,8 @@ def init_ray(config: PipelineConfig, local_resources: dict[str, float] | None = 
                 )
         started = True
     try:
+        _drop_harmless_worker_lines()
+        _start_autoscaling_coordinator()
         need_cpu = config.ray.num_workers * config.ray.cpus_per_worker
         have = reachable_resources()  # an autoscaling cluster starts with its head alone
         if have.get("CPU", 0) < need_cpu or (config.ray.use_gpu and have.get("GPU", 0) < config.ray.num_workers):
@@ -231,6 +233,58 @@ def init_ray(config: PipelineConfig, local_resources: dict[str, float] | None = 
             ray.shutdown()
         raise
     return started
+
+
+# Lines Ray 2.60 prints on every healthy run that say nothing to act on; matched exactly, nothing else is hidden.
+HARMLESS_WORKER_LINES = (
+    # Ray Train's controller creates its PreemptionWatcher with restartable constructor arguments (ray#53727)
+    "Actor with class name: 'PreemptionWatcher'",
+)
+
+
+def _drop_harmless_worker_lines() -> None:
+    """Filter HARMLESS_WORKER_LINES out of the worker output Ray forwards to this driver (`log_to_driver`)."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:  # another Ray layout: print everything
+        return
+    with dispatcher._lock:
+        handlers = []
+        for name, handler in dispatcher.handlers:
+            if name == "ray_print_logs" and not getattr(handler, "drops_harmless_lines", False):
+                handler = _filtered(handler)
+            handlers.append((name, handler))
+        dispatcher.handlers = handlers
+
+
+def _filtered(handler):
+    def emit(data: dict) -> None:
+        lines = [line for line in data.get("lines", []) if not any(s in line for s in HARMLESS_WORKER_LINES)]
+        if lines:
+            handler({**data, "lines": lines})
+
+    emit.drops_harmless_lines = True
+    return emit
+
+
+def _start_autoscaling_coordinator() -> None:
+    """Start Ray Train's autoscaling-coordinator actor now and wait until it is up.
+
+    Ray Train 2.60's controller creates it on its first resource request and waits 5 s for the answer; on a busy
+    machine a new actor process takes longer to start, and the controller logs the timeout with a 20-line
+    traceback ("Failed to send resource request ... GetTimeoutError") although nothing is wrong. Created here,
+    the actor answers at once. (A private Ray API: the import is guarded, and Ray is pinned to 2.60.)
+    """
+    import ray
+
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:
+        return
+    coordinator = get_or_create_autoscaling_coordinator()
+    ray.get(coordinator.__ray_ready__.remote(), timeout=120)
 
 
 def build_torch_trainer(
@@ -270,13 +324,17 @@ def run_name(config: PipelineConfig, resume: bool) -> str:
     return _run_name(config, resume)
 
 
-def train(job: ResolvedJob, name: str, resume: bool = False) -> TrainOutcome:
-    """The whole job on Ray, from a resolved job (`pipeline.job.resolve_job`) and its run name (`run_name`): MLflow
-    run, distributed training, final evaluation and artifacts."""
+def train(job: ResolvedJob | PipelineConfig, resume: bool = False, name: str | None = None) -> TrainOutcome:
+    """The whole job on Ray: MLflow run, distributed training, final evaluation and artifacts. `job` is resolved
+    first when it is a plain config (`pipeline.job.resolve_job`); `name` defaults to `run_name(config, resume)`."""
     import ray
 
+    from pipeline.job import resolve_job
+
     start = time.perf_counter()
+    job = job if isinstance(job, ResolvedJob) else resolve_job(job)
     config = job.config
+    name = name or run_name(config, resume)
     started_ray = init_ray(config)
     try:
         run = _mlflow_run(config, job.tracking_uri, name, job.label_map, resume)

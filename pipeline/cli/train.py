@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         name = run_name(job.config, args.resume)
         print("\n".join(header_lines(job)), flush=True)
         stop_gracefully_on_sigterm()
-        outcome = train(job, name, resume=args.resume)
+        outcome = train(job, resume=args.resume, name=name)
         registration = _register(args, job.config, outcome) if args.register else None
     except (ConfigError, DatasetError, TrackingError, CheckpointError, TrainingJobError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

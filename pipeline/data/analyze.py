@@ -46,7 +46,7 @@ class Analysis:
     nominal: AnchorStats  # boxes at the nominal resize
     jittered: AnchorStats  # boxes under the training scale jitter
     fitted_scale: float
-    scale_table: list[tuple[float, float]]  # (candidate scale, covered share under jitter)
+    scale_table: list  # anchor_fit.ScaleCandidate per candidate scale, under the training jitter
     fitted_ratios: tuple[float, ...] | None
     advice: list[str] = field(default_factory=list)
 
@@ -101,11 +101,12 @@ def _advice(a: Analysis, train_boxes: np.ndarray) -> list[str]:
     advice = []
     fitted = a.fitted_config()
     fitted_stats = anchor_stats(train_boxes, fitted)
-    if fitted_stats.covered > a.jittered.covered + 0.02:
+    before, after = a.jittered.positives_per_level.sum(), fitted_stats.positives_per_level.sum()
+    if fitted.anchor_scale != a.model.anchor_scale or a.fitted_ratios:
         ratios = f", model.anchor_ratios={list(a.fitted_ratios)}" if a.fitted_ratios else ""
         advice.append(
-            f"anchors: model.anchor_scale={a.fitted_scale}{ratios} (or auto) covers {fitted_stats.covered:.1%} of "
-            f"the training boxes instead of {a.jittered.covered:.1%}"
+            f"anchors: model.anchor_scale={a.fitted_scale}{ratios} (or auto) gives {after:.1f} positive anchors per "
+            f"box instead of {before:.1f} and covers {fitted_stats.covered:.1%} instead of {a.jittered.covered:.1%}"
         )
     sizes = a.nominal.box_sizes
     tiny = float((sizes < TINY_PX).mean()) if len(sizes) else 0.0
@@ -117,12 +118,13 @@ def _advice(a: Analysis, train_boxes: np.ndarray) -> list[str]:
             f"would make 90% of them at least {TINY_PX} px (if the images are that large)"
         )
     lower = _level_option(fitted, fitted.min_level - 1, fitted.max_level)
-    lower_coverage = coverage(train_boxes, lower) if lower is not None else 0.0
-    if lower is not None and lower_coverage > fitted_stats.covered + LEVEL_GAIN:
+    lower_stats = anchor_stats(train_boxes, lower) if lower is not None else None
+    if lower_stats is not None and lower_stats.covered > fitted_stats.covered + LEVEL_GAIN:
         advice.append(
             f"levels: model.min_level={lower.min_level} (a stride-{2**lower.min_level} level) covers "
-            f"{lower_coverage:.1%} instead of {fitted_stats.covered:.1%} (about 4x the compute of the largest "
-            "feature map)"
+            f"{lower_stats.covered:.1%} of the boxes instead of {fitted_stats.covered:.1%}, with "
+            f"{lower_stats.positives_per_level.sum():.1f} positives per box instead of {after:.1f} (the new level "
+            "costs about 4x the compute of the largest feature map)"
         )
     top = fitted_stats.positives_per_level[-1]
     if fitted.max_level > fitted.min_level + 1 and top < 0.01:
@@ -155,20 +157,26 @@ def report_lines(a: Analysis) -> list[str]:
         f"anchors: scale {anchors['anchor_scale']}, ratios {anchors['anchor_ratios']}, {anchors['num_scales']} "
         f"scales per level, levels P{anchors['min_level']}-P{anchors['max_level']}",
         f"  no anchor at IoU >= 0.5 (force-matched only): {a.nominal.uncovered:.1%} of the boxes as evaluated, "
-        f"{a.jittered.uncovered:.1%} under the training scale jitter {a.scale_range[0]}-{a.scale_range[1]}",
+        f"{a.jittered.uncovered:.1%} under the training scale jitter {a.scale_range[0]:.3g}-{a.scale_range[1]:.3g}",
         "  positives per box by level (training jitter): "
         + "  ".join(
             f"P{level} {v:.2f}" for level, v in zip(a.jittered.levels, a.jittered.positives_per_level, strict=True)
         ),
         "  anchor sides by level, px: "
         + "  ".join(f"P{level} {lo:.0f}-{hi:.0f}" for level, (lo, hi) in a.nominal.anchor_sizes.items()),
-        "coverage by anchor scale (training jitter): " + "  ".join(f"{s:g}:{c:.0%}" for s, c in a.scale_table),
+        "anchor scale candidates (training jitter): scale covered positives/box",
+        *_candidate_lines(a.scale_table),
         f"fitted (anchor_scale: auto): scale {a.fitted_scale}"
         + (f", ratios {list(a.fitted_ratios)}" if a.fitted_ratios else ", official ratios kept"),
         "advice:",
         *(f"  - {line}" for line in a.advice),
     ]
     return lines
+
+
+def _candidate_lines(table: list) -> list[str]:
+    cells = [f"{c.scale:g} {c.covered:.0%} {c.positives:.1f}" for c in table]
+    return ["  " + "   ".join(cells[i : i + 5]) for i in range(0, len(cells), 5)]
 
 
 def _size_buckets(sizes: np.ndarray) -> list[tuple[str, float]]:

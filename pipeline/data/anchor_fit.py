@@ -16,16 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from effdet_core import EfficientDetConfig, generate_anchors
-from effdet_core.box_coder import pairwise_iou
+from effdet_core import EfficientDetConfig
 from effdet_core.config import aspect_ratio_pairs
 
 MATCH_IOU = 0.5  # the assignment's positive threshold (effdet_core.LossConfig.match_threshold)
 MAX_BOXES = 20000  # boxes measured: a seeded sample beyond this (the statistics do not need more)
-MAX_POSITIVE_BOXES = 2000  # boxes whose positives are counted against every anchor
-SCALE_CANDIDATES = tuple(round(2 ** (k / 4), 3) for k in range(0, 13))  # 1 .. 8, four per octave
+SCALE_CANDIDATES = tuple(round(2 ** (k / 4), 3) for k in range(0, 13))  # 1 .. 8, four per octave (+ the config's)
 TIE = 0.005  # coverage within half a point of the best counts as a tie
 
 
@@ -114,24 +111,48 @@ def best_anchor_iou(boxes: np.ndarray, config: EfficientDetConfig) -> np.ndarray
     return best.astype(np.float32)
 
 
-def positives_per_level(boxes: np.ndarray, config: EfficientDetConfig, chunk: int = 256) -> np.ndarray:
-    """Mean positive anchors per box [L] on each level, the force-match of uncovered boxes included (all pairs of a
-    seeded sample of at most MAX_POSITIVE_BOXES boxes)."""
-    if len(boxes) > MAX_POSITIVE_BOXES:
-        boxes = boxes[np.random.default_rng(0).choice(len(boxes), MAX_POSITIVE_BOXES, replace=False)]
-    anchors = generate_anchors(config, config.image_size)  # [N, 4], level by level
-    per_level = [h * w * config.num_anchors for h, w in _level_sizes(config)]
-    level_of_anchor = torch.repeat_interleave(torch.arange(len(per_level)), torch.tensor(per_level))  # [N]
-    positives = np.zeros(len(per_level), np.float64)
-    for start in range(0, len(boxes), chunk):
-        part = torch.from_numpy(np.ascontiguousarray(boxes[start : start + chunk]))
-        iou = pairwise_iou(part[None], anchors)[0]  # [n, N]
-        best_iou, best_anchor = iou.max(dim=1)
-        counts = torch.zeros(len(part), len(per_level)).index_add_(1, level_of_anchor, (iou >= MATCH_IOU).float())
-        forced = best_iou < MATCH_IOU  # the assignment force-matches these to their best anchor
-        counts[forced, level_of_anchor[best_anchor[forced]]] += 1
-        positives += counts.sum(0).double().numpy()
-    return positives / max(1, len(boxes))
+def positives_per_box(boxes: np.ndarray, config: EfficientDetConfig) -> np.ndarray:
+    """Positive anchors of each box [n, 4] (model-input px) on each level [n, L], as the assignment makes them:
+    every anchor at IoU >= 0.5, or the single force-matched best anchor of a box that has none.
+
+    Only anchors centred within a window of the box's nearest anchor centre can reach IoU 0.5 (their centres are
+    at most half an anchor side apart), so each level and shape costs a [n, K, K] grid of overlaps, not [n, N].
+    """
+    height, width = config.image_size
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2  # [n, 2] (x, y)
+    size = np.clip(boxes[:, 2:] - boxes[:, :2], 0, None)  # [n, 2] (w, h)
+    area = np.prod(size, axis=1)[:, None, None]  # [n, 1, 1]
+    octaves = [2 ** (o / config.num_scales) for o in range(config.num_scales)]
+    levels = _level_sizes(config)
+    positives = np.zeros((len(boxes), len(levels)), np.float64)
+    best = np.zeros(len(boxes))
+    best_level = np.zeros(len(boxes), np.int64)
+    for li, (level_h, level_w) in enumerate(levels):
+        stride = np.array([width / level_w, height / level_h])
+        cells = np.array([level_w, level_h])
+        nearest = np.clip(np.round((centre - stride / 2) / stride), 0, cells - 1)  # [n, 2]
+        for octave in octaves:
+            for ratio in config.aspect_ratios:
+                anchor = config.anchor_scale * stride * octave * np.array(ratio)  # [2] (w, h)
+                reach = int(np.ceil((anchor / stride).max() / 2)) + 1
+                steps = np.arange(-reach, reach + 1)  # [K]
+                overlap = []
+                for axis in (0, 1):  # x, then y: [n, K] overlap with the anchors at nearest + steps
+                    index = nearest[:, axis, None] + steps[None]
+                    anchor_centre = stride[axis] / 2 + index * stride[axis]
+                    low = np.maximum(centre[:, axis, None] - size[:, axis, None] / 2, anchor_centre - anchor[axis] / 2)
+                    high = np.minimum(centre[:, axis, None] + size[:, axis, None] / 2, anchor_centre + anchor[axis] / 2)
+                    inside = (index >= 0) & (index < cells[axis])
+                    overlap.append(np.clip(high - low, 0, None) * inside)
+                inter = overlap[0][:, None, :] * overlap[1][:, :, None]  # [n, K(y), K(x)]
+                iou = inter / np.maximum(area + np.prod(anchor) - inter, 1e-9)
+                positives[:, li] += (iou >= MATCH_IOU).sum(axis=(1, 2))
+                top = iou.max(axis=(1, 2))
+                better = top > best
+                best, best_level = np.where(better, top, best), np.where(better, li, best_level)
+    forced = best < MATCH_IOU
+    positives[np.flatnonzero(forced), best_level[forced]] += 1
+    return positives
 
 
 def anchor_stats(boxes: np.ndarray, config: EfficientDetConfig) -> AnchorStats:
@@ -140,7 +161,7 @@ def anchor_stats(boxes: np.ndarray, config: EfficientDetConfig) -> AnchorStats:
     return AnchorStats(
         box_sizes=sizes,
         best_iou=best_anchor_iou(boxes, config),
-        positives_per_level=positives_per_level(boxes, config),
+        positives_per_level=positives_per_box(boxes, config).mean(axis=0) if len(boxes) else np.zeros(0),
         levels=tuple(range(config.min_level, config.max_level + 1)),
         anchor_sizes=anchor_size_ranges(config),
     )
@@ -166,13 +187,35 @@ def _level_sizes(config: EfficientDetConfig) -> list[tuple[int, int]]:
     return feature_sizes(config.image_size, config.min_level, config.max_level)
 
 
-def fit_anchor_scale(boxes: np.ndarray, config: EfficientDetConfig) -> tuple[float, list[tuple[float, float]]]:
-    """The anchor scale covering the most boxes (ties: the one closest to `config`'s own, in octaves), with the
-    coverage of every candidate [(scale, covered share)]."""
-    table = [(s, coverage(boxes, config.replace(anchor_scale=s))) for s in SCALE_CANDIDATES]
-    best_coverage = max(c for _, c in table)
-    tied = [s for s, c in table if c >= best_coverage - TIE]
-    return min(tied, key=lambda s: abs(math.log2(s / config.anchor_scale))), table
+@dataclass(frozen=True)
+class ScaleCandidate:
+    scale: float
+    covered: float  # share of boxes with an anchor at IoU >= 0.5
+    positives: float  # mean positive anchors per box (force-matches included): the training signal per box
+
+
+def fit_anchor_scale(boxes: np.ndarray, config: EfficientDetConfig) -> tuple[float, list[ScaleCandidate]]:
+    """The anchor scale that gives the boxes the most positive anchors without covering fewer of them than
+    `config`'s own scale does; ties (within 2%) go to the scale closest to `config`'s. Returns it and every
+    candidate measured.
+
+    Positives per box, not coverage alone: in short runs on both synthetic sets, accuracy followed the mean number
+    of positives per box (README "Recipe"); a scale that covers more small boxes by shrinking every anchor gives
+    each box fewer positives and learned slower.
+    """
+    scales = sorted({*SCALE_CANDIDATES, float(config.anchor_scale)})
+    table = []
+    for scale in scales:
+        candidate = config.replace(anchor_scale=scale)
+        table.append(
+            ScaleCandidate(scale, coverage(boxes, candidate), float(positives_per_box(boxes, candidate).sum(1).mean()))
+        )
+    own = next(c for c in table if c.scale == float(config.anchor_scale))
+    eligible = [c for c in table if c.covered >= own.covered - TIE]
+    most = max(c.positives for c in eligible)
+    tied = [c for c in eligible if c.positives >= 0.98 * most]
+    best = min(tied, key=lambda c: abs(math.log2(c.scale / config.anchor_scale)))
+    return best.scale, table
 
 
 def fit_aspect_ratios(boxes: np.ndarray, config: EfficientDetConfig) -> tuple[float, ...] | None:

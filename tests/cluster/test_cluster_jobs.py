@@ -64,7 +64,7 @@ def test_submitted_training_job_succeeds_and_its_mlflow_run_exists(ray_head, cli
 
     code, followed, err = cli(capsys, "submit", "logs", job_id, "--follow", *address)
     assert code == 0, followed[-3000:] + err
-    assert "epoch 1/1" in followed and f"job {job_id} SUCCEEDED" in followed
+    assert "step 2/2 (epoch 1)" in followed and f"job {job_id} SUCCEEDED" in followed
 
     code, status, _ = cli(capsys, "submit", "status", job_id, *address)
     assert code == 0 and "SUCCEEDED" in status and "run_pipeline.py train --config" in status
@@ -77,7 +77,7 @@ def test_submitted_training_job_succeeds_and_its_mlflow_run_exists(ray_head, cli
     client = MlflowClient(tracking_uri)
     [run] = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "1"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_AP50")] == [1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_AP50")] == [2]  # 2 steps per epoch
     assert run.info.run_id in logs
 
 

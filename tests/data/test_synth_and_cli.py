@@ -154,7 +154,7 @@ def test_cli_synth_dense_then_analyze(tmp_path, capsys):
     assert run_cli("analyze", str(out), "--set", "model.image_size=384", "--plot", str(plot)) == 0
     report = capsys.readouterr().out
     assert "model lite0 at 384x384 px" in report and "no anchor at IoU >= 0.5" in report
-    assert "model.anchor_scale=" in report  # small objects: the advice fits the anchors
+    assert "model.min_level=2" in report  # small objects: the advice adds a stride-4 level
     assert plot.stat().st_size > 10_000
     assert run_cli("analyze", str(tmp_path / "missing")) == 1
     assert "missing" in capsys.readouterr().err

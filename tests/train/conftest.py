@@ -29,6 +29,7 @@ TINY_OVERRIDES = [
     "data.generate_if_missing=false",
     "optim.lr=0.02",
     "train.epochs=2",
+    "train.eval_every=1",  # one evaluation, report and checkpoint per epoch (2 optimizer steps: 16 images, 2 x 4)
     "ray.num_workers=2",
     "ray.num_to_keep=1",
     "mlflow.grid_images=2",

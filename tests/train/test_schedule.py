@@ -33,7 +33,7 @@ def test_unset_length_is_chosen_from_the_dataset_size_and_said():
     large = resolve_schedule(TrainConfig(), OptimConfig(), steps_per_epoch=1000)
     assert large.total_steps == AUTO_EPOCHS * 1000 and f"{AUTO_EPOCHS} epochs" in large.length_reason
     tiny = resolve_schedule(TrainConfig(), OptimConfig(), steps_per_epoch=1)  # one batch of images
-    assert tiny.total_steps == MAX_EPOCHS  # never more than MAX_EPOCHS passes
+    assert MAX_EPOCHS < MIN_STEPS and tiny.total_steps == MAX_EPOCHS  # never more than MAX_EPOCHS passes
 
 
 @pytest.mark.parametrize(

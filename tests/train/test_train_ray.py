@@ -38,7 +38,7 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(tiny_config):
     assert params["train.epochs"] == "2" and params["ray.num_workers"] == "2" and params["model.variant"] == "lite0"
     assert params["data.dir"] == str(tiny_config.data.dir)  # paths are logged resolved
     for key in ("train_loss", "train_class_loss", "train_box_loss", "lr", "images_per_s", "val_AP", "val_AP50"):
-        assert _steps(client, run.info.run_id, key) == [1, 2], key
+        assert _steps(client, run.info.run_id, key) == [2, 4], key  # MLflow step = optimizer step: 2 per epoch
     # both DDP ranks trained on their shard: the all-reduced image count is the whole training split
     assert [m.value for m in client.get_metric_history(run.info.run_id, "train_images")] == [16, 16]
     assert "best_val_AP50" in run.data.metrics
@@ -56,7 +56,7 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(tiny_config):
     local = Path(client.download_artifacts(run.info.run_id, "best_checkpoint"))
     best = load_checkpoint(local)
     assert best.label_map["names"] == ["circle", "square", "triangle"] and best.optimizer is None
-    assert (Path(outcome.run_dir) / "epoch_0002").is_dir()  # Ray kept the last epoch checkpoint
+    assert (Path(outcome.run_dir) / "step_0000004").is_dir()  # Ray kept the last checkpoint (end of epoch 2)
 
     # `train --register NAME`: the best checkpoint becomes version 1, champion, linked to this run.
     registration = train_cli._register(
@@ -79,9 +79,9 @@ def test_crashed_worker_is_survived_and_costs_at_most_one_epoch(tiny_config, tmp
     outcome = ray_train.train(config)
     assert (tmp_path / "fault").exists(), "the fault was injected"
     assert outcome.last_metrics["epoch"] == 3
-    assert outcome.last_metrics["resumed_from_epoch"] == 1  # the restarted group resumed from epoch 1's checkpoint
+    assert outcome.last_metrics["resumed_from_step"] == 2  # the restarted group resumed from epoch 1's checkpoint
     client = MlflowClient(outcome.run.tracking_uri)
-    assert _steps(client, outcome.run.run_id, "train_loss") == [1, 2, 3]  # epoch 1 was not redone
+    assert _steps(client, outcome.run.run_id, "train_loss") == [2, 4, 6]  # epoch 1 was not redone
     assert client.get_run(outcome.run.run_id).info.status == "FINISHED"
 
 
@@ -99,8 +99,8 @@ def test_stopped_run_resumes_at_next_epoch_in_the_same_mlflow_run(tiny_config, t
 
     outcome = ray_train.train(config, resume=True)
     assert outcome.run.run_id == failed.info.run_id  # same Ray run (storage_path + name), same MLflow run
-    assert outcome.last_metrics["epoch"] == 2 and outcome.last_metrics["resumed_from_epoch"] == 1
-    assert _steps(client, outcome.run.run_id, "train_loss") == [1, 2]
+    assert outcome.last_metrics["epoch"] == 2 and outcome.last_metrics["resumed_from_step"] == 2
+    assert _steps(client, outcome.run.run_id, "train_loss") == [2, 4]
     assert client.get_run(outcome.run.run_id).info.status == "FINISHED"
 
 
@@ -111,6 +111,6 @@ def test_run_against_a_real_mlflow_server(tiny_config, mlflow_server):
     client = MlflowClient(mlflow_server)
     run = client.get_run(outcome.run.run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "1"
-    assert _steps(client, run.info.run_id, "val_AP50") == [1]
+    assert _steps(client, run.info.run_id, "val_AP50") == [2]  # one epoch: 2 optimizer steps
     assert "best_checkpoint/checkpoint.pt" in _artifacts(client, run.info.run_id)
     assert outcome.run.url().startswith(mlflow_server + "/#/experiments/")

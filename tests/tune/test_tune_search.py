@@ -70,7 +70,7 @@ def _wait_for_second_trial(proc: subprocess.Popen, runs: Path, timeout: float = 
     """Until the first trial's last epoch checkpoint exists and the second trial's Train run has started."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        first_done = any(runs.glob("*_00000/epoch_0002"))
+        first_done = any(runs.glob("*_00000/step_0000040"))  # epoch 2 of 20 steps (160 images, batch 8)
         if first_done and any(runs.glob("*_00001")):
             return
         time.sleep(0.5)
@@ -133,7 +133,7 @@ def test_interrupted_search_resumes_without_rerunning_the_finished_trial(search)
     client = MlflowClient(search.uri)
     child = client.get_run(json.loads(_child_record(search, rows["00000"]["trial_id"]).read_text())["run_id"])
     steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_AP")]
-    assert steps == [1, 2]  # each epoch logged once
+    assert steps == [20, 40]  # each epoch logged once (MLflow step = optimizer step: 20 per epoch)
 
 
 def _child_record(search, trial_id: str) -> Path:

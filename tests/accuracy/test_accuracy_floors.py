@@ -1,0 +1,65 @@
+"""Accuracy regression: seeded short runs of the default recipe on both synthetic sets must reach an AP floor.
+
+A recipe, data or model change that slows learning fails here, not in a user's run. Each run is the plain loop in
+one process (no Ray, no MLflow) from the ImageNet Lite0 backbone, with the project's defaults for everything the
+test does not set. The floors sit well under what these runs measured on a 2-core machine (in the comments), so
+thread-count and BLAS differences between machines do not trip them; a real regression costs far more.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.data import write_synthetic_dataset
+from pipeline.training.loop import fit
+
+pytestmark = pytest.mark.slow
+
+
+def _best_metrics(data: Path, size: int, steps: int, out: Path) -> dict[str, float]:
+    config = load_config(
+        None,
+        [
+            f"data.dir={data}",
+            "data.generate_if_missing=false",
+            "data.batch_size=8",
+            f"model.image_size={size}",
+            f"train.steps={steps}",
+            f"train.eval_every={steps // 2} steps",
+            "train.seed=0",
+            "ray.num_workers=1",
+        ],
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the whole machine: these tests run alone
+    torch.manual_seed(0)
+    try:
+        state = fit(config, out)
+    finally:
+        torch.set_num_threads(threads)
+    return state.best["metrics"]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("acc") / "shapes", num_images=150, size=128, seed=7)
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("acc") / "dense"
+    return write_synthetic_dataset(root, num_images=100, size=256, seed=7, preset="dense")
+
+
+def test_shapes_learn_to_a_floor(shapes, tmp_path):
+    metrics = _best_metrics(shapes, size=128, steps=SHAPES_STEPS, out=tmp_path)
+    assert metrics["val_AP50"] >= SHAPES_AP50_FLOOR and metrics["val_AP"] >= SHAPES_AP_FLOOR, metrics
+
+
+def test_dense_small_objects_learn_to_a_floor(dense, tmp_path):
+    metrics = _best_metrics(dense, size=256, steps=DENSE_STEPS, out=tmp_path)
+    assert metrics["val_AP50"] >= DENSE_AP50_FLOOR and metrics["val_AP"] >= DENSE_AP_FLOOR, metrics
