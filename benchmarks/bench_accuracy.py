@@ -57,6 +57,7 @@ def ensure_data(args: argparse.Namespace) -> Path:
 
 def run_ours(args: argparse.Namespace, data: Path, out: Path) -> dict[str, float]:
     """The project's defaults through the real CLI; returns its best val metrics and its training seconds."""
+    out.mkdir(parents=True, exist_ok=True)
     store = out / "mlflow.db"
     command = [
         sys.executable,

@@ -22,6 +22,10 @@ def _check(ok: bool, key: str, value: Any, why: str) -> None:
         raise ConfigError(f"{key}={value!r}: {why}")
 
 
+def _at_least_or_null(key: str, value: Any, low: float) -> None:
+    _check(value is None or value >= low, key, value, f"must be >= {low:g} or null")
+
+
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     _check(value in choices, key, value, f"not supported; choose one of {list(choices)}")
 
@@ -50,12 +54,7 @@ class DataConfig:
         _check(self.synth_size >= 32, "data.synth_size", self.synth_size, "must be >= 32")
         _check(0 < self.synth_val_fraction < 1, "data.synth_val_fraction", self.synth_val_fraction, "must be in (0, 1)")
         _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
-        _check(
-            self.val_batch_size is None or self.val_batch_size >= 1,
-            "data.val_batch_size",
-            self.val_batch_size,
-            "must be >= 1 or null",
-        )
+        _at_least_or_null("data.val_batch_size", self.val_batch_size, 1)
         _check(self.loader_workers >= 0, "data.loader_workers", self.loader_workers, "must be >= 0")
         try:
             self.augment_options()
@@ -146,8 +145,7 @@ class ModelConfig:
             "must be in (0, 1] or null",
         )
         for key in ("fpn_channels", "fpn_repeats", "head_repeats", "num_scales", "min_level", "max_level"):
-            value = getattr(self, key)
-            _check(value is None or value >= 1, f"model.{key}", value, "must be >= 1 or null")
+            _at_least_or_null(f"model.{key}", getattr(self, key), 1)
 
     def build(self, num_classes: int, pretrained: bool = True):
         """The bare EfficientDet this config describes (pretrained backbone unless `pretrained=False`, e.g. when
@@ -229,12 +227,7 @@ class OptimConfig:
         _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "must be in [0, 1)")
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
         _check(self.warmup_epochs >= 0, "optim.warmup_epochs", self.warmup_epochs, "must be >= 0")
-        _check(
-            self.warmup_steps is None or self.warmup_steps >= 0,
-            "optim.warmup_steps",
-            self.warmup_steps,
-            "must be >= 0 or null",
-        )
+        _at_least_or_null("optim.warmup_steps", self.warmup_steps, 0)
         _check(
             0 < self.warmup_start_factor <= 1,
             "optim.warmup_start_factor",
@@ -278,8 +271,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from pipeline.training.schedule import parse_eval_every
 
-        _check(self.epochs is None or self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1 or null")
-        _check(self.steps is None or self.steps >= 1, "train.steps", self.steps, "must be >= 1 or null")
+        _at_least_or_null("train.epochs", self.epochs, 1)
+        _at_least_or_null("train.steps", self.steps, 1)
         _check(
             self.epochs is None or self.steps is None,
             "train.steps",
@@ -292,12 +285,7 @@ class TrainConfig:
             raise ConfigError(f"train.eval_every={self.eval_every!r}: {e}") from None
         _choice("train.amp", self.amp, ("none", "bf16", "fp16"))
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "must be >= 1")
-        _check(
-            self.threads_per_worker is None or self.threads_per_worker >= 1,
-            "train.threads_per_worker",
-            self.threads_per_worker,
-            "must be >= 1 or null",
-        )
+        _at_least_or_null("train.threads_per_worker", self.threads_per_worker, 1)
         _check(self.fault_epoch >= 1, "train.fault_epoch", self.fault_epoch, "must be >= 1")
 
 

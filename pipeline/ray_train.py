@@ -1,20 +1,17 @@
 """Thin Ray Train adapter: runs `pipeline.training.loop` as DDP on Ray workers, with Ray's checkpointing,
 fault tolerance and resume-by-identity, and MLflow tracking from rank 0 through `pipeline.tracking`.
 
-Driver side (`train`): resolve paths and the tracking store, make the dataset, start or resume the MLflow
-run, fit a `TorchTrainer`, then evaluate and log the best checkpoint. Worker side (`worker_loop`): prepare
-loaders (this rank's shard), prepare the model (DDP; gloo on CPU), train, report every evaluation period.
+Driver side (`train`): from a resolved job (`pipeline.job`), start Ray (`pipeline.ray_runtime`), start or resume
+the MLflow run, fit a `TorchTrainer`, then evaluate and log the best checkpoint. Worker side (`worker_loop`):
+prepare loaders (this rank's shard), prepare the model (DDP; gloo on CPU), train, report every evaluation
+period.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import signal
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +23,7 @@ import torch
 from pipeline import tracking
 from pipeline.config import ConfigError, PipelineConfig, from_dict, to_dict
 from pipeline.job import ResolvedJob
+from pipeline.ray_runtime import init_ray
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.report import FinalReport, final_report, format_progress
 
@@ -175,116 +173,6 @@ def _mlflow_run(config: PipelineConfig, uri: str, name: str, label_map: dict, re
     handle = tracking.start_run(config, uri, label_map, record=meta)
     (meta.parent / "latest").write_text(name, encoding="utf-8")
     return handle
-
-
-@contextlib.contextmanager
-def keep_sigterm_handler():
-    """`ray.init` installs its own SIGTERM handlers (exit at once, leaving the MLflow run RUNNING); a handler the
-    caller installed (the CLI's graceful stop) is put back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        yield
-    finally:
-        if callable(previous):  # a Python handler of the caller's, not the default action
-            signal.signal(signal.SIGTERM, previous)
-
-
-def init_ray(config: PipelineConfig, local_resources: dict[str, float] | None = None) -> bool:
-    """Connect to (or start) Ray and check it can place the workers (counting what an autoscaler may add) and that
-    storage and tracking are reachable from every node the workers may use; True when this call started it.
-
-    `local_resources`: custom resources of a Ray started here (a search's `train_driver` slots); a cluster
-    declares its own in its definition (see cluster/)."""
-    import ray
-
-    from pipeline.cluster_storage import check_shared_storage, reachable_resources
-
-    started = False
-    if not ray.is_initialized():
-        address = config.ray.address or os.environ.get("RAY_ADDRESS")
-        with keep_sigterm_handler():
-            if address:
-                ray.init(address=address)
-            else:  # local: the dashboard keeps placement groups tidy, ASHA-stopped trials too (RAY_MLFLOW_NOTES)
-                ray.init(
-                    num_cpus=os.cpu_count(),
-                    resources=local_resources,
-                    include_dashboard=True,
-                    dashboard_host="127.0.0.1",
-                    log_to_driver=True,
-                )
-        started = True
-    try:
-        _drop_harmless_worker_lines()
-        _start_autoscaling_coordinator()
-        need_cpu = config.ray.num_workers * config.ray.cpus_per_worker
-        have = reachable_resources()  # an autoscaling cluster starts with its head alone
-        if have.get("CPU", 0) < need_cpu or (config.ray.use_gpu and have.get("GPU", 0) < config.ray.num_workers):
-            raise ConfigError(
-                f"ray.num_workers={config.ray.num_workers} x ray.cpus_per_worker={config.ray.cpus_per_worker}"
-                f"{' + 1 GPU each' if config.ray.use_gpu else ''} does not fit the cluster's resources {have}"
-            )
-        check_shared_storage(config, tracking.resolve_tracking_uri(config.mlflow.tracking_uri))
-    except BaseException:
-        if started:
-            ray.shutdown()
-        raise
-    return started
-
-
-# Lines Ray 2.60 prints on every healthy run that say nothing to act on; matched exactly, nothing else is hidden.
-HARMLESS_WORKER_LINES = (
-    # Ray Train's controller creates its PreemptionWatcher with restartable constructor arguments (ray#53727)
-    "Actor with class name: 'PreemptionWatcher'",
-)
-
-
-def _drop_harmless_worker_lines() -> None:
-    """Filter HARMLESS_WORKER_LINES out of the worker output Ray forwards to this driver (`log_to_driver`)."""
-    try:
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-    except ImportError:  # another Ray layout: print everything
-        return
-    with dispatcher._lock:
-        handlers = []
-        for name, handler in dispatcher.handlers:
-            if name == "ray_print_logs" and not getattr(handler, "drops_harmless_lines", False):
-                handler = _filtered(handler)
-            handlers.append((name, handler))
-        dispatcher.handlers = handlers
-
-
-def _filtered(handler):
-    def emit(data: dict) -> None:
-        lines = [line for line in data.get("lines", []) if not any(s in line for s in HARMLESS_WORKER_LINES)]
-        if lines:
-            handler({**data, "lines": lines})
-
-    emit.drops_harmless_lines = True
-    return emit
-
-
-def _start_autoscaling_coordinator() -> None:
-    """Start Ray Train's autoscaling-coordinator actor now and wait until it is up.
-
-    Ray Train 2.60's controller creates it on its first resource request and waits 5 s for the answer; on a busy
-    machine a new actor process takes longer to start, and the controller logs the timeout with a 20-line
-    traceback ("Failed to send resource request ... GetTimeoutError") although nothing is wrong. Created here,
-    the actor answers at once. (A private Ray API: the import is guarded, and Ray is pinned to 2.60.)
-    """
-    import ray
-
-    try:
-        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
-            get_or_create_autoscaling_coordinator,
-        )
-    except ImportError:
-        return
-    coordinator = get_or_create_autoscaling_coordinator()
-    ray.get(coordinator.__ray_ready__.remote(), timeout=120)
 
 
 def build_torch_trainer(

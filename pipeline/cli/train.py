@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.data import DatasetError
     from pipeline.job import header_lines, resolve_job
     from pipeline.ray_train import TrainingJobError, run_name, train
-    from pipeline.tracking import TrackingError, ui_hint
+    from pipeline.tracking import TrackingError
     from pipeline.training.checkpoint import CheckpointError
 
     try:
@@ -109,7 +109,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted: the MLflow run is marked KILLED; continue from the last epoch with --resume", flush=True)
+        print(
+            "\ninterrupted: the MLflow run is marked KILLED; continue from the last checkpoint with --resume",
+            flush=True,
+        )
         return 130
     m = outcome.report.metrics
     print(
@@ -117,7 +120,6 @@ def run(args: argparse.Namespace) -> int:
         f"(epoch {outcome.report.best_epoch:.3g}), "
         f"val AP {m.get('val_AP', float('nan')):.3f}, AP50 {m.get('val_AP50', float('nan')):.3f}\n"
         f"MLflow run {outcome.run.run_id} ({outcome.run.url()}) in {outcome.run.tracking_uri}\n"
-        f"  view it: {ui_hint(outcome.run.tracking_uri)}\n"
         f"Ray Train run {outcome.run_dir} (resume: --resume --set ray.name={outcome.name})\n"
         f"best checkpoint: {outcome.report.files['best_checkpoint']}",
         flush=True,
@@ -128,7 +130,35 @@ def run(args: argparse.Namespace) -> int:
             f"{registration.decision.reason}",
             flush=True,
         )
+    print("\n".join(next_steps(job.config, outcome, registration)), flush=True)
     return 0
+
+
+def next_steps(config, outcome, registration) -> list[str]:
+    """What a user does next with the model: predict (registering it first when it is not), evaluate, look."""
+    import shlex
+
+    from pipeline.tracking import resolve_tracking_uri, ui_hint
+
+    same_store = outcome.run.tracking_uri == resolve_tracking_uri(None)  # what the registry commands use by default
+    uri = "" if same_store else f" --tracking-uri {outcome.run.tracking_uri}"
+    checkpoint = outcome.report.files["best_checkpoint"].parent
+    lines = ["next:"]
+    if registration is None:
+        name = f"effdet-{Path(config.data.dir).name}"
+        lines.append(
+            f"  register it:  python run_pipeline.py registry register {shlex.quote(str(checkpoint))} {name} "
+            f"--data {shlex.quote(config.data.dir)}{uri}"
+        )
+        model = f"models:/{name}@champion"
+    else:
+        model = f"models:/{registration.name}/{registration.version}"
+    lines += [
+        f"  predict:      python run_pipeline.py predict --model {model} IMAGE... --out predictions/{uri}",
+        f"  evaluate:     python run_pipeline.py evaluate --model {model} --data {shlex.quote(config.data.dir)}{uri}",
+        f"  look:         {ui_hint(outcome.run.tracking_uri)}",
+    ]
+    return lines
 
 
 def _register(args: argparse.Namespace, config, outcome):

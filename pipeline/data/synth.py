@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pipeline.data.layout import annotation_path, atomic_output_dir, images_dir, write_json
-from pipeline.data.synth_dense import DENSE_CLASSES, render_dense_image
+from pipeline.data.synth_dense import DENSE_CLASSES, draw_geometry, render_dense_image
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle")
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = ((220, 40, 40), (40, 200, 60), (50, 80, 230))
@@ -171,10 +171,4 @@ def _shape(cls: int, cx: float, cy: float, extent: float, rng: np.random.Generat
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, cls: int, geometry: list[float], fill: Any) -> None:
-    name = CLASSES[cls]
-    if name == "circle":
-        draw.ellipse(geometry, fill=fill)
-    elif name == "square":
-        draw.rectangle(geometry, fill=fill)
-    else:
-        draw.polygon(geometry, fill=fill)
+    draw_geometry(draw, CLASSES[cls], geometry, fill)

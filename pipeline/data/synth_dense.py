@@ -71,14 +71,18 @@ def dense_shape(cls: int, cx: float, cy: float, extent: float, rng: np.random.Ge
     ]
 
 
-def draw_dense_shape(draw: ImageDraw.ImageDraw, cls: int, geometry: list[float], fill: Any) -> None:
-    name = DENSE_CLASSES[cls]
-    if name == "disc":
+def draw_geometry(draw: ImageDraw.ImageDraw, name: str, geometry: list[float], fill: Any) -> None:
+    """Draw a shape of either preset: round ones from their box, squares as rectangles, the rest as polygons."""
+    if name in ("circle", "disc"):
         draw.ellipse(geometry, fill=fill)
     elif name == "square":
         draw.rectangle(geometry, fill=fill)
     else:
         draw.polygon(geometry, fill=fill)
+
+
+def draw_dense_shape(draw: ImageDraw.ImageDraw, cls: int, geometry: list[float], fill: Any) -> None:
+    draw_geometry(draw, DENSE_CLASSES[cls], geometry, fill)
 
 
 def _colour(rng: np.random.Generator, cls: int) -> tuple[int, int, int]:

@@ -26,7 +26,7 @@ def fit_search(ctx: SearchContext, options, config: PipelineConfig, experiment_p
     """Run (or resume) the search on Ray and return one row per trial."""
     import ray
 
-    from pipeline.ray_train import init_ray
+    from pipeline.ray_runtime import init_ray
 
     # the same checks as train (workers fit, storage and tracking every node reaches); a Ray started here gets
     # one trial-driver slot per CPU
