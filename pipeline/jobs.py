@@ -204,11 +204,18 @@ STOP_GRACE_ENV = {"RAY_JOB_STOP_WAIT_TIME_S": "30"}
 
 
 def runtime_env(install: bool = True, env_vars: dict[str, str] | None = None, working_dir: Path = REPO_ROOT) -> dict:
-    """Working dir = this repository (without venvs, data, outputs, local stores); pip = pinned requirements,
-    unless `install=False` (the cluster image already has the environment: no per-job install)."""
+    """Working dir = this repository (without venvs, data, outputs, local stores); uv = pinned requirements,
+    unless `install=False` (the cluster image already has the environment: no per-job install).
+
+    Ray's `uv` runtime env clones the interpreter Ray runs from (a venv: copied; a system Python: a virtualenv over
+    its site-packages), installs the requirements with that environment's own `python -m uv` (a dependency of the
+    project, so a head started from `make setup`'s venv has it) and runs the entrypoint's `python` inside it. The
+    clone is made once per node and requirement set, then reused. Ray's `pip` runtime env needs pip in the clone,
+    which a uv-made venv does not have.
+    """
     env: dict[str, Any] = {"working_dir": str(working_dir), "excludes": list(WORKING_DIR_EXCLUDES)}
     if install:
-        env["pip"] = {"packages": pinned_requirements(working_dir / "pyproject.toml"), "pip_check": False}
+        env["uv"] = {"packages": pinned_requirements(working_dir / "pyproject.toml"), "uv_check": False}
     env["env_vars"] = {**STOP_GRACE_ENV, **(env_vars or {})}
     return env
 
@@ -275,19 +282,47 @@ def logs(address: str | None, job_id: str) -> str:
     return _call("logs", job_id, lambda: client.get_job_logs(job_id))
 
 
-def follow(address: str | None, job_id: str, out=None) -> str:
+@dataclass(frozen=True)
+class Followed:
+    status: str
+    streamed: bool  # whether any log line reached the terminal (not when the runtime env failed to set up)
+
+
+def follow(address: str | None, job_id: str, out=None) -> Followed:
     """Stream the job's logs until it ends (Ray's websocket tail); returns its final status."""
     out = out or sys.stdout
     client = connect(address)
     _call("logs", job_id, lambda: client.get_job_status(job_id))  # unknown id: a clear error, not a closed socket
+    streamed = False
 
     async def tail() -> None:
+        nonlocal streamed
         async for chunk in client.tail_job_logs(job_id):
+            streamed = streamed or bool(chunk.strip())
             out.write(chunk)
             out.flush()
 
     asyncio.run(tail())
-    return str(getattr(client.get_job_status(job_id), "value", ""))
+    return Followed(str(getattr(client.get_job_status(job_id), "value", "")), streamed)
+
+
+FAILURE_TAIL_LINES = 30
+
+
+def failure_report(address: str | None, job_id: str, include_log: bool = True) -> list[str]:
+    """Why a FAILED or STOPPED job ended, as lines to print: Ray's reason, then the last lines of the job's log
+    (the entrypoint's own error) or, when the job never logged (its runtime env failed to set up, which only
+    Ray's message records), the end of Ray's message."""
+    client = connect(address)
+    info = _call("status", job_id, lambda: client.get_job_info(job_id))
+    reason, _, detail = (info.message or "no reason recorded by Ray").strip().partition("\n")
+    lines = [f"reason: {reason}"]
+    log_tail = _call("logs", job_id, lambda: client.get_job_logs(job_id)).rstrip().splitlines()[-FAILURE_TAIL_LINES:]
+    if log_tail and include_log:
+        lines += [f"last {len(log_tail)} lines of the job's log:", *(f"  {line}" for line in log_tail)]
+    elif not log_tail and detail.strip():
+        lines += [f"  {line}" for line in detail.strip().splitlines()[-FAILURE_TAIL_LINES:]]
+    return lines
 
 
 def stop(address: str | None, job_id: str) -> bool:

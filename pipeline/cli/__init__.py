@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 # name shown in `--help` -> module under pipeline.cli that implements it
 SUBCOMMANDS: dict[str, str] = {
@@ -36,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from pipeline.dependencies import MissingDependencies, check_dependencies
+
+    try:
+        check_dependencies()  # before any subcommand imports torch: one clear line instead of a traceback
+    except MissingDependencies as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv or DEFAULT_COMMAND)
     return int(args.func(args) or 0)

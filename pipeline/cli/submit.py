@@ -12,6 +12,7 @@ import argparse
 import sys
 
 ACTIONS = ("status", "logs", "stop", "list")
+ENDED_BADLY = ("FAILED", "STOPPED")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-install",
         action="store_true",
-        help="do not pip-install the pinned requirements per job (the cluster image already has them)",
+        help="do not install the pinned requirements per job (the `python` on the cluster's PATH already has them)",
     )
     parser.add_argument("--job-id", default=None, help="submission id (default: effdet-COMMAND-DATE-TIME-xxxx)")
     parser.add_argument(
@@ -153,20 +154,25 @@ def _follow(address: str | None, job_id: str) -> int:
     from pipeline import jobs
 
     try:
-        final = jobs.follow(address, job_id)
+        followed = jobs.follow(address, job_id)
     except KeyboardInterrupt:
         print(f"\nstopped following; the job goes on (stop it: submit stop {job_id})", file=sys.stderr)
         return 130
-    print(f"job {job_id} {final}", flush=True)
-    return 0 if final == "SUCCEEDED" else 1
+    print(f"job {job_id} {followed.status}", flush=True)
+    if followed.status in ENDED_BADLY:  # the log just streamed above; the reason, or what never reached the log
+        print("\n".join(jobs.failure_report(address, job_id, include_log=not followed.streamed)), flush=True)
+    return 0 if followed.status == "SUCCEEDED" else 1
 
 
 def _status(args: argparse.Namespace) -> int:
     from pipeline import jobs
 
     info = jobs.status(args.address, args.job_id)
+    info["message"] = info["message"].partition("\n")[0]  # Ray may append 20,000 characters of log to it
     for key in ("job_id", "status", "message", "entrypoint", "start_time", "end_time"):
         print(f"{key + ':':12} {info[key]}")
+    if info["status"] in ENDED_BADLY:
+        print("\n".join(jobs.failure_report(args.address, args.job_id)))
     return 0
 
 

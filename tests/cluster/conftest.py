@@ -117,15 +117,26 @@ def _wait_for_jobs_api(address: str, token: str, proc: subprocess.Popen, log: Pa
             time.sleep(1)
 
 
+def _bare_python_bin(temp_dir: Path) -> Path:
+    """A bin folder whose `python` is the interpreter the venv was made from: Python without the project's
+    dependencies, as on a machine where nobody activated the venv."""
+    bin_dir = temp_dir / "bare-bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(Path(sys._base_executable).resolve())
+    return bin_dir
+
+
 @pytest.fixture(scope="module")
 def ray_head():
     """`ray start --head --block` on 127.0.0.1 (free ports, 2 CPUs, token auth with a fresh token), in its own
-    process group; the venv's bin first on PATH, as a cluster image has its Python on PATH."""
+    process group. Started as the README says, `.venv/bin/ray` without activating the venv: the `python` first on
+    the head's PATH is a bare interpreter, so a job that does not install its requirements cannot import them."""
     temp_dir = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's unix sockets live under it
     token = secrets.token_hex(16)
     dashboard_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "VIRTUAL_ENV"))}
+    path = [p for p in env.get("PATH", "").split(os.pathsep) if Path(p) != VENV_BIN]
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=os.pathsep.join([str(_bare_python_bin(temp_dir)), *path]))
     ports = {
         "--port": free_port(),
         "--dashboard-port": dashboard_port,

