@@ -120,5 +120,3 @@ def _start_autoscaling_coordinator() -> None:
         return
     coordinator = get_or_create_autoscaling_coordinator()
     ray.get(coordinator.__ray_ready__.remote(), timeout=120)
-
-

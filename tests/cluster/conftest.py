@@ -136,7 +136,8 @@ def ray_head():
     dashboard_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "VIRTUAL_ENV"))}
     path = [p for p in env.get("PATH", "").split(os.pathsep) if Path(p) != VENV_BIN]
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=os.pathsep.join([str(_bare_python_bin(temp_dir)), *path]))
+    bare_bin = _bare_python_bin(temp_dir)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=os.pathsep.join([str(bare_bin), *path]))
     ports = {
         "--port": free_port(),
         "--dashboard-port": dashboard_port,

@@ -1,6 +1,6 @@
 """A real search through the CLI, as a user runs it: 3 tiny trials with ASHA on CPU, stopped with SIGTERM (what
-`submit stop` and Kubernetes send; the CLI hands it to Tune's Ctrl+C handling) after the first trial, and resumed. One search (about 3 minutes on 2 cores) serves every test in this
-module.
+`submit stop` and Kubernetes send; the CLI hands it to Tune's Ctrl+C handling) after the first trial, and
+resumed. One search (about 3 minutes on 2 cores) serves every test in this module.
 
 The trials differ only in learning rate: 0.64 (per 64 images) learns visibly in one epoch on this data (val AP
 about 0.003 after epoch 1), 1e-6 and 1e-7 do not (about 1e-4), so ASHA's choice is deterministic, not noise.
