@@ -141,7 +141,7 @@ def test_requirements_are_pinned_to_this_environment_without_ray():
     assert f"torch=={importlib.metadata.version('torch')}" in pinned
     assert f"mlflow=={importlib.metadata.version('mlflow')}" in pinned
     assert not [r for r in pinned if r.startswith("ray")]  # the cluster's own Ray runs the job
-    assert jobs.runtime_env(install=True)["pip"]["packages"] == pinned
+    assert jobs.runtime_env(install=True)["uv"]["packages"] == pinned
     assert "pip" not in jobs.runtime_env(install=False)  # --no-install: the image has the environment
 
 
