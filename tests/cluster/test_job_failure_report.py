@@ -58,7 +58,8 @@ def test_an_entrypoint_failure_shows_the_last_log_lines_once(recorded):
     recorded("FAILED", "Job entrypoint command failed with exit code 2, last available logs:\n" + log, log)
     lines = jobs.failure_report("http://127.0.0.1:1", "job-2")
     assert lines[0] == "reason: Job entrypoint command failed with exit code 2, last available logs:"
-    assert lines[1] == "last 30 lines of the job's log:" and lines[-1] == "  error: python cannot import (missing: torch)"
+    assert lines[1] == "last 30 lines of the job's log:"
+    assert lines[-1] == "  error: python cannot import (missing: torch)"
     assert len(lines) == 2 + 30
     # after --follow streamed the log, only the reason is added
     assert jobs.failure_report("http://127.0.0.1:1", "job-2", include_log=False) == [lines[0]]
