@@ -8,6 +8,7 @@ the same code works in the driver and inside a Ray worker whose working director
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -22,6 +23,9 @@ from typing import Any
 from pipeline.config import PipelineConfig, flatten
 
 SQLITE_PREFIX = "sqlite:///"
+# MLflow logs two INFO lines ("Creating initial MLflow database tables...") when it creates a SQLite store; the
+# run header already says where the store is. Its warnings and errors still show.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
 class TrackingError(RuntimeError):
