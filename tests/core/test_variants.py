@@ -33,6 +33,24 @@ def test_params_and_flops_match_official_table(variant):
     assert flops_b == pytest.approx(official_flops, rel=0.05), f"{variant}: {flops_b:.2f}B FLOPs"
 
 
+# EfficientDet-Lite (automl's efficientdet/lite README): input px, params in millions (COCO, 90 classes)
+OFFICIAL_LITE = {"lite0": (320, 3.2), "lite1": (384, 4.2), "lite2": (448, 5.3), "lite3": (512, 8.4),
+                 "lite3x": (640, 9.3), "lite4": (640, 15.1)}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", list(OFFICIAL_LITE))
+def test_lite_params_match_the_official_table_and_the_reference_exactly(variant):
+    import effdet
+
+    with torch.device("meta"):
+        ours = E.create_model(variant, num_classes=90)
+        reference = effdet.create_model(f"tf_efficientdet_{variant}", pretrained_backbone=False, num_classes=90)
+    size, official_params = OFFICIAL_LITE[variant]
+    assert ours.config.image_size == (size, size)
+    assert E.count_parameters(ours) / 1e6 == pytest.approx(official_params, rel=0.02)
+    assert E.count_parameters(ours) == sum(p.numel() for p in reference.parameters())
+
+
 def test_table_deviations_from_formulas():
     assert E.get_config("d7").backbone == E.get_config("d6").backbone == "tf_efficientnet_b6"
     assert E.get_config("d7").anchor_scale == 5.0 and E.get_config("d6").anchor_scale == 4.0
