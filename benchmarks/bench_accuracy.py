@@ -10,7 +10,7 @@ Both are scored by the same pycocotools evaluation of the validation split.
     python benchmarks/bench_accuracy.py --data data/demo --size 256 --steps 300
 
 Prints one line per figure (wall time, AP, AP50 for each, and the AP50 difference). effdet is a test/benchmark
-dependency only (pip install -e '.[test]').
+dependency only (`make setup` installs it with the test extras).
 """
 
 from __future__ import annotations

@@ -80,8 +80,8 @@ def resolve_job(config: PipelineConfig) -> ResolvedJob:
     if config.model.needs_fit:
         config = resolve_auto_anchors(config, analysis)
         notes.append(f"anchors fitted to the training boxes (auto): {describe(config.model.resolve())}")
-        analysis = analyze(config)  # the statistics of the anchors training will use
-    nominal, jittered = analysis.coverage(config.model.resolve())
+        analysis = analysis.for_model(config.model.resolve())  # the same boxes against the fitted anchors
+    nominal, jittered = analysis.nominal.covered, analysis.jittered.covered
     if 1 - jittered > UNCOVERED_WARNING:
         notes.append(
             f"warning: {1 - jittered:.0%} of the training boxes have no anchor at IoU >= 0.5 (each trains a single "
@@ -112,7 +112,9 @@ def header_lines(job: ResolvedJob, command: str = "train") -> list[str]:
 
     cfg = job.config
     model = cfg.model.resolve()
-    with torch_meta():
+    import torch
+
+    with torch.device("meta"):  # shapes only: no memory, no weights read
         params = count_parameters(create_model(model, num_classes=len(job.label_map["names"]))) / 1e6
     names = job.label_map["names"]
     classes = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
@@ -152,10 +154,3 @@ def _augment_summary(spec, a: AugmentOptions) -> str:
     if a.color_prob:
         parts.append(f"color {a.color_prob:g}")
     return f"{name} ({', '.join(parts) or 'resize only'})"
-
-
-def torch_meta():
-    """Build on the meta device: shapes only, no memory, no weights read."""
-    import torch
-
-    return torch.device("meta")

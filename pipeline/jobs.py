@@ -49,6 +49,7 @@ WORKING_DIR_EXCLUDES = [
 # Ray must never come from the job's pip list: the cluster's own Ray runs the job (Ray's runtime_env docs)
 NOT_INSTALLED_PER_JOB = {"ray"}
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+ENDED_BADLY = TERMINAL - {"SUCCEEDED"}  # a failure report is printed for these
 DASHBOARD_HINT = (
     "is the head node up and its dashboard port (8265) reachable from here? For a cloud cluster, "
     "`ray dashboard cluster/aws-gpu.yaml` forwards it to http://127.0.0.1:8265; on Kubernetes, "
@@ -310,17 +311,19 @@ FAILURE_TAIL_LINES = 30
 
 
 def failure_report(address: str | None, job_id: str, include_log: bool = True) -> list[str]:
-    """Why a FAILED or STOPPED job ended, as lines to print: Ray's reason, then the last lines of the job's log
+    """Why a job that ENDED_BADLY ended, as lines to print: Ray's reason, then the last lines of the job's log
     (the entrypoint's own error) or, when the job never logged (its runtime env failed to set up, which only
-    Ray's message records), the end of Ray's message."""
+    Ray's message records), the end of Ray's message. `include_log=False`: the caller has shown the log."""
     client = connect(address)
     info = _call("status", job_id, lambda: client.get_job_info(job_id))
     reason, _, detail = (info.message or "no reason recorded by Ray").strip().partition("\n")
     lines = [f"reason: {reason}"]
+    if not include_log:
+        return lines
     log_tail = _call("logs", job_id, lambda: client.get_job_logs(job_id)).rstrip().splitlines()[-FAILURE_TAIL_LINES:]
-    if log_tail and include_log:
+    if log_tail:
         lines += [f"last {len(log_tail)} lines of the job's log:", *(f"  {line}" for line in log_tail)]
-    elif not log_tail and detail.strip():
+    elif detail.strip():
         lines += [f"  {line}" for line in detail.strip().splitlines()[-FAILURE_TAIL_LINES:]]
     return lines
 

@@ -143,7 +143,7 @@ def _run_exists(storage: str, name: str) -> bool:
     return filesystem.get_file_info(root).type != pyarrow.fs.FileType.NotFound
 
 
-def _run_name(config: PipelineConfig, resume: bool) -> str:
+def run_name(config: PipelineConfig, resume: bool) -> str:
     """Resume is by identity (storage_path + name): a fresh run gets a new name, `--resume` the latest one."""
     storage = config.ray.storage_path
     if resume:
@@ -205,11 +205,6 @@ def build_torch_trainer(
             callbacks=callbacks,
         ),
     )
-
-
-def run_name(config: PipelineConfig, resume: bool) -> str:
-    """The Ray Train run to start (a new name) or to continue (`--resume`: ray.name or the latest run)."""
-    return _run_name(config, resume)
 
 
 def train(job: ResolvedJob | PipelineConfig, resume: bool = False, name: str | None = None) -> TrainOutcome:

@@ -12,7 +12,6 @@ import argparse
 import sys
 
 ACTIONS = ("status", "logs", "stop", "list")
-ENDED_BADLY = ("FAILED", "STOPPED")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -159,7 +158,7 @@ def _follow(address: str | None, job_id: str) -> int:
         print(f"\nstopped following; the job goes on (stop it: submit stop {job_id})", file=sys.stderr)
         return 130
     print(f"job {job_id} {followed.status}", flush=True)
-    if followed.status in ENDED_BADLY:  # the log just streamed above; the reason, or what never reached the log
+    if followed.status in jobs.ENDED_BADLY:  # the log just streamed above; the reason, or what never reached the log
         print("\n".join(jobs.failure_report(address, job_id, include_log=not followed.streamed)), flush=True)
     return 0 if followed.status == "SUCCEEDED" else 1
 
@@ -171,7 +170,7 @@ def _status(args: argparse.Namespace) -> int:
     info["message"] = info["message"].partition("\n")[0]  # Ray may append 20,000 characters of log to it
     for key in ("job_id", "status", "message", "entrypoint", "start_time", "end_time"):
         print(f"{key + ':':12} {info[key]}")
-    if info["status"] in ENDED_BADLY:
+    if info["status"] in jobs.ENDED_BADLY:
         print("\n".join(jobs.failure_report(args.address, args.job_id)))
     return 0
 

@@ -143,22 +143,34 @@ def next_steps(config, outcome, registration) -> list[str]:
     same_store = outcome.run.tracking_uri == resolve_tracking_uri(None)  # what the registry commands use by default
     uri = "" if same_store else f" --tracking-uri {outcome.run.tracking_uri}"
     checkpoint = outcome.report.files["best_checkpoint"].parent
+    run = _this_pipeline()
     lines = ["next:"]
     if registration is None:
         name = f"effdet-{Path(config.data.dir).name}"
         lines.append(
-            f"  register it:  python run_pipeline.py registry register {shlex.quote(str(checkpoint))} {name} "
+            f"  register it:  {run} registry register {shlex.quote(str(checkpoint))} {name} "
             f"--data {shlex.quote(config.data.dir)}{uri}"
         )
         model = f"models:/{name}@champion"
     else:
         model = f"models:/{registration.name}/{registration.version}"
     lines += [
-        f"  predict:      python run_pipeline.py predict --model {model} IMAGE... --out predictions/{uri}",
-        f"  evaluate:     python run_pipeline.py evaluate --model {model} --data {shlex.quote(config.data.dir)}{uri}",
+        f"  predict:      {run} predict --model {model} IMAGE... --out predictions/{uri}",
+        f"  evaluate:     {run} evaluate --model {model} --data {shlex.quote(config.data.dir)}{uri}",
         f"  look:         {ui_hint(outcome.run.tracking_uri)}",
     ]
     return lines
+
+
+def _this_pipeline() -> str:
+    """`run_pipeline.py` under this interpreter (`.venv/bin/python` after `make run`): a fresh shell's `python`
+    usually lacks the project's dependencies."""
+    import shlex
+
+    python = Path(sys.executable)
+    if python.is_relative_to(Path.cwd()):
+        python = python.relative_to(Path.cwd())
+    return f"{shlex.quote(str(python))} run_pipeline.py"
 
 
 def _register(args: argparse.Namespace, config, outcome):

@@ -7,6 +7,7 @@ sees) and once under the training scale jitter (what the assignment sees while l
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,14 @@ class Analysis:
     def coverage(self, model: EfficientDetConfig) -> tuple[float, float]:
         """(nominal, under training jitter) share of boxes with an anchor at IoU >= 0.5 under `model`."""
         return coverage(self.boxes, model), coverage(self.train_boxes, model)
+
+    def for_model(self, model: EfficientDetConfig) -> Analysis:
+        """The same boxes against another anchor configuration (the fitted one): no re-read, no re-fit."""
+        other = dataclasses.replace(
+            self, model=model, nominal=anchor_stats(self.boxes, model), jittered=anchor_stats(self.train_boxes, model)
+        )
+        other.advice = _advice(other, self.train_boxes)
+        return other
 
     def fitted_config(self) -> EfficientDetConfig:
         from effdet_core.config import aspect_ratio_pairs

@@ -142,7 +142,7 @@ def test_requirements_are_pinned_to_this_environment_without_ray():
     assert f"mlflow=={importlib.metadata.version('mlflow')}" in pinned
     assert not [r for r in pinned if r.startswith("ray")]  # the cluster's own Ray runs the job
     assert jobs.runtime_env(install=True)["uv"]["packages"] == pinned
-    assert "pip" not in jobs.runtime_env(install=False)  # --no-install: the image has the environment
+    assert "uv" not in jobs.runtime_env(install=False)  # --no-install: the image has the environment
 
 
 def test_working_dir_package_holds_the_code_but_no_venv_data_or_stores(tmp_path):

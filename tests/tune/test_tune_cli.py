@@ -18,7 +18,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def run_tune(tmp_path, monkeypatch, capsys):
+    import ray
+
     monkeypatch.chdir(REPO)  # the shipped spaces are named relative to the repository, as in the README
+    ray_starts: list[tuple] = []
+
+    def refuse_ray(*args, **kwargs):  # every Ray start-up goes through ray.init
+        ray_starts.append(args)
+        raise RuntimeError("Ray must not start for input that is rejected")
+
+    monkeypatch.setattr(ray, "init", refuse_ray)
 
     def run(*args: str) -> SimpleNamespace:
         sets = [
@@ -30,7 +39,7 @@ def run_tune(tmp_path, monkeypatch, capsys):
         capsys.readouterr()
         code = main(["tune", *args, *[a for s in sets for a in ("--set", s)]])
         out, err = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err, ray_starts=list(ray_starts))
 
     return run
 
@@ -43,9 +52,7 @@ def test_impossible_space_is_rejected_before_anything_starts(run_tune, tmp_path)
     assert f"search space {space}" in result.stderr and "model.fpn_channels=0" in result.stderr
     # nothing was written: no dataset generated, no Ray storage, no search folder, no MLflow store
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
-    import ray
-
-    assert not ray.is_initialized()
+    assert result.ray_starts == []
 
 
 def test_unknown_key_in_a_shipped_space_composition_names_both_files(run_tune):
