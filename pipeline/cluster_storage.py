@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 from pipeline.config import ConfigError, PipelineConfig
+from pipeline.uri import is_uri
 
 REMOTE_STORE_HINT = (
     "s3://BUCKET/PATH, gs://BUCKET/PATH, or a filesystem mounted on every node with ray.shared_storage=true"
@@ -26,12 +27,12 @@ PROBE_TIMEOUT_S = 60.0
 
 def is_local_path(uri: str) -> bool:
     """A path on this machine's disk: no scheme, or file:// / local://."""
-    return "://" not in uri or uri.startswith(("file://", "local://"))
+    return not is_uri(uri) or uri.startswith(("file://", "local://"))
 
 
 def is_local_tracking_store(uri: str) -> bool:
     """SQLite files and plain file stores live on the driver's disk; servers and database URIs do not."""
-    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    return uri.startswith(("sqlite:", "file:")) or not is_uri(uri)
 
 
 def alive_nodes() -> list[dict]:

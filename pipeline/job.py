@@ -16,6 +16,7 @@ from pipeline.config import PipelineConfig, replace
 from pipeline.data.anchor_fit import describe
 from pipeline.data.augment_spec import AugmentOptions
 from pipeline.training.schedule import Schedule, resolve_schedule, steps_per_epoch
+from pipeline.uri import is_uri
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class ResolvedJob:
 def absolute_paths(config: PipelineConfig) -> PipelineConfig:
     """Workers chdir into a Ray session folder: every local path must be absolute before they see it."""
     storage = config.ray.storage_path
-    if "://" not in storage:
+    if not is_uri(storage):
         storage = str(Path(storage).resolve())
     marker = config.train.fault_marker
     return replace(

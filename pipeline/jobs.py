@@ -25,6 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.uri import is_uri
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # anchored (leading "/") so that e.g. "/data" skips the dataset folder but keeps the pipeline/data package
 WORKING_DIR_EXCLUDES = [
@@ -75,7 +77,7 @@ def resolve_address(address: str | None) -> str:
         raise JobsError("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
     if address == "auto" or address.startswith("ray://"):
         raise JobsError(f"address {address!r} is not a Jobs API address; use the dashboard's http://HEAD:8265")
-    if "://" not in address:
+    if not is_uri(address):
         address = "http://" + address
     return address.rstrip("/")
 

@@ -8,7 +8,6 @@ import os
 import signal
 import threading
 
-from pipeline import tracking
 from pipeline.config import ConfigError, PipelineConfig
 
 
@@ -27,12 +26,12 @@ def keep_sigterm_handler():
             signal.signal(signal.SIGTERM, previous)
 
 
-def init_ray(config: PipelineConfig, local_resources: dict[str, float] | None = None) -> bool:
+def init_ray(config: PipelineConfig, tracking_uri: str, local_resources: dict[str, float] | None = None) -> bool:
     """Connect to (or start) Ray and check it can place the workers (counting what an autoscaler may add) and that
     storage and tracking are reachable from every node the workers may use; True when this call started it.
 
-    `local_resources`: custom resources of a Ray started here (a search's `train_driver` slots); a cluster
-    declares its own in its definition (see cluster/)."""
+    `tracking_uri`: the job's resolved store (`ResolvedJob.tracking_uri`). `local_resources`: custom resources of
+    a Ray started here (a search's `train_driver` slots); a cluster declares its own in its definition (cluster/)."""
     import ray
 
     from pipeline.cluster_storage import check_shared_storage, reachable_resources
@@ -62,7 +61,7 @@ def init_ray(config: PipelineConfig, local_resources: dict[str, float] | None = 
                 f"ray.num_workers={config.ray.num_workers} x ray.cpus_per_worker={config.ray.cpus_per_worker}"
                 f"{' + 1 GPU each' if config.ray.use_gpu else ''} does not fit the cluster's resources {have}"
             )
-        check_shared_storage(config, tracking.resolve_tracking_uri(config.mlflow.tracking_uri))
+        check_shared_storage(config, tracking_uri)
     except BaseException:
         if started:
             ray.shutdown()

@@ -26,6 +26,7 @@ from pipeline.job import ResolvedJob
 from pipeline.ray_runtime import init_ray
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.report import FinalReport, final_report, format_progress
+from pipeline.uri import is_uri
 
 
 class TrainingJobError(RuntimeError):
@@ -124,7 +125,7 @@ def _meta_dir(config: PipelineConfig) -> Path:
     """The driver's bookkeeping (MLflow run of each Ray run, the latest run): beside the runs on a filesystem,
     beside the local outputs when the runs live in object storage (s3://, gs://)."""
     storage = config.ray.storage_path
-    if "://" in storage:
+    if is_uri(storage):
         return Path(config.train.output_dir) / "_pipeline"
     return Path(storage) / "_pipeline"
 
@@ -135,7 +136,7 @@ def run_location(storage: str, name: str) -> str:
 
 
 def _run_exists(storage: str, name: str) -> bool:
-    if "://" not in storage:
+    if not is_uri(storage):
         return Path(run_location(storage, name)).exists()
     import pyarrow.fs
 
@@ -218,7 +219,7 @@ def train(job: ResolvedJob | PipelineConfig, resume: bool = False, name: str | N
     job = job if isinstance(job, ResolvedJob) else resolve_job(job)
     config = job.config
     name = name or run_name(config, resume)
-    started_ray = init_ray(config)
+    started_ray = init_ray(config, job.tracking_uri)
     try:
         run = _mlflow_run(config, job.tracking_uri, name, job.label_map, resume)
         _log_anchor_plot(job, run, Path(config.train.output_dir) / name)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig, flatten
+from pipeline.uri import is_uri
 
 SQLITE_PREFIX = "sqlite:///"
 # MLflow logs two INFO lines ("Creating initial MLflow database tables...") when it creates a SQLite store; the
@@ -45,7 +46,7 @@ def resolve_tracking_uri(configured: str | None, cwd: str | os.PathLike | None =
         if db_path and not db_path.startswith("/") and db_path != ":memory:":
             return SQLITE_PREFIX + str((base / db_path).resolve())
         return uri
-    if uri.startswith("file:") or "://" not in uri:
+    if uri.startswith("file:") or not is_uri(uri):
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
             local = uri.removeprefix("file://").removeprefix("file:")
             return (base / local).resolve().as_uri()
@@ -169,7 +170,6 @@ def start_run(
     `record`: a file that keeps the run's handle, so a resumed job continues the same run (`RunHandle.load`)."""
     import tempfile
 
-    from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     from pipeline.config import save_config
@@ -180,9 +180,7 @@ def start_run(
         experiment_id, run_name=config.mlflow.run_name, tags={"pipeline.job": "train", **(tags or {})}
     )
     handle = RunHandle(tracking_uri, experiment_id, run.info.run_id)
-    params = [Param(k, str(v)) for k, v in flatten(config).items()]
-    for i in range(0, len(params), 100):  # the REST API caps a batch at 100 params
-        client.log_batch(handle.run_id, params=params[i : i + 100])
+    log_params(handle, flatten(config))
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifact(handle.run_id, str(save_config(config, Path(tmp) / "config.yaml")))
         label_map_file = Path(tmp) / "label_map.json"
@@ -190,6 +188,27 @@ def start_run(
         client.log_artifact(handle.run_id, str(label_map_file))
     if record is not None:
         handle.save(record)
+    return handle
+
+
+def record_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+) -> RunHandle:
+    """A run that is complete when written (e.g. one evaluation of a registered model): params, metrics, done."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = ensure_experiment(client, experiment, tracking_uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    handle = RunHandle(tracking_uri, experiment_id, run.info.run_id)
+    log_params(handle, params)
+    log_metrics(handle, metrics)
+    end_run(handle)
     return handle
 
 
@@ -206,6 +225,21 @@ def log_period(handle: RunHandle, step: int, metrics: Mapping[str, float]) -> No
     now = int(time.time() * 1000)
     batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
     handle.client().log_batch(handle.run_id, metrics=batch)
+
+
+def log_params(handle: RunHandle, params: Mapping[str, Any]) -> None:
+    """Params as strings, in batches of 100 (the REST API's cap)."""
+    from mlflow.entities import Param
+
+    batch = [Param(k, str(v)) for k, v in params.items()]
+    for i in range(0, len(batch), 100):
+        handle.client().log_batch(handle.run_id, params=batch[i : i + 100])
+
+
+def set_tags(handle: RunHandle, tags: Mapping[str, str]) -> None:
+    client = handle.client()
+    for key, value in tags.items():
+        client.set_tag(handle.run_id, key, value)
 
 
 def log_metrics(handle: RunHandle, metrics: Mapping[str, float], prefix: str = "") -> None:

@@ -35,7 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable for the job (repeatable)"
     )
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="-- COMMAND ARGS, or status|logs|stop JOB_ID, or list")
-    parser.set_defaults(func=run)
+    # the pipeline's own subcommand parsers (complete by the time `run` is called): a command to submit is parsed
+    # by exactly what would parse it on the cluster
+    parser.set_defaults(func=run, commands=subparsers.choices)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -80,24 +82,23 @@ def _merge(args: argparse.Namespace, action_args: argparse.Namespace) -> argpars
     return argparse.Namespace(**merged)
 
 
-def _check_command(pipeline_args: list[str]) -> None:
+def _check_command(pipeline_args: list[str], commands: dict[str, argparse.ArgumentParser]) -> None:
     """Refuse a command the cluster would reject, before uploading anything: unknown command or bad arguments, and
     for `train` a config that does not load (file paths are read here, relative to where you run `submit`)."""
-    from pipeline.cli import SUBCOMMANDS, build_parser
     from pipeline.config import ConfigError
 
     command = pipeline_args[0]
-    if command not in SUBCOMMANDS or command == "submit":
-        choices = sorted(set(SUBCOMMANDS) - {"submit"})
+    if command not in commands or command == "submit":
+        choices = sorted(set(commands) - {"submit"})
         raise ConfigError(f"submit: {command!r} is not a pipeline command; choose one of {choices}")
     try:
-        parsed = build_parser().parse_args(pipeline_args)
+        parsed = commands[command].parse_args(pipeline_args[1:])
     except SystemExit as e:  # argparse already printed what is wrong
         raise ConfigError(f"submit: the arguments of `{command}` are not valid (see above)") from e
     if command == "train":
-        from pipeline.cli.train import resolve_config
+        from pipeline.cli.common import train_config
 
-        for note in job_path_notes(resolve_config(parsed)):
+        for note in job_path_notes(train_config(parsed)):
             print(f"note: {note}", flush=True)
 
 
@@ -106,9 +107,11 @@ def job_path_notes(config) -> list[str]:
     and are lost with it. Said before submitting, not refused (a single-node test cluster may want exactly that)."""
     from pathlib import Path
 
+    from pipeline.uri import is_uri
+
     notes = []
     for key, value in (("ray.storage_path", config.ray.storage_path), ("train.output_dir", config.train.output_dir)):
-        if "://" not in value and not Path(value).is_absolute():
+        if not is_uri(value) and not Path(value).is_absolute():
             notes.append(f"{key}={value!r} is relative: on the cluster it lands in the job's temporary working dir")
     uri = config.mlflow.tracking_uri
     if uri is None:
@@ -124,7 +127,7 @@ def job_path_notes(config) -> list[str]:
 def _submit(args: argparse.Namespace, pipeline_args: list[str]) -> int:
     from pipeline import jobs
 
-    _check_command(pipeline_args)
+    _check_command(pipeline_args, args.commands)
     env_vars = dict(_parse_env(item) for item in args.env)
     submitted = jobs.submit(
         args.address, pipeline_args, install=not args.no_install, env_vars=env_vars, job_id=args.job_id

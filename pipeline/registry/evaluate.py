@@ -71,14 +71,8 @@ def log_evaluation(
     experiment: str = EVALUATION_EXPERIMENT,
 ) -> str:
     """A new MLflow run holding the evaluation (params: model and data; metrics: the scalar ones); its id."""
-    from mlflow.entities import Metric, Param
+    from pipeline import tracking
 
-    from pipeline.registry.registry import client, ensure_experiment
-
-    c = client(tracking_uri)
-    experiment_id = ensure_experiment(tracking_uri, experiment)
-    name = f"eval-{model_version.name}-v{model_version.version}"
-    run = c.create_run(experiment_id, run_name=name, tags={"pipeline.job": "evaluate"})
     params = {
         "model_name": model_version.name,
         "model_version": str(model_version.version),
@@ -87,9 +81,8 @@ def log_evaluation(
         "dataset_fingerprint": fingerprint,
         "registered_dataset_fingerprint": model_version.tags.get("dataset_fingerprint", ""),
     }
-    now = int(time.time() * 1000)
-    scalars = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, int | float)]
-    scalars += [Metric(f"AP_{k}", float(v), now, 0) for k, v in metrics.get("per_class_AP", {}).items()]
-    c.log_batch(run.info.run_id, metrics=scalars, params=[Param(k, v) for k, v in params.items()])
-    c.set_terminated(run.info.run_id)
-    return run.info.run_id
+    scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    scalars |= {f"AP_{k}": float(v) for k, v in metrics.get("per_class_AP", {}).items()}
+    name = f"eval-{model_version.name}-v{model_version.version}"
+    handle = tracking.record_run(tracking_uri, experiment, name, {"pipeline.job": "evaluate"}, params, scalars)
+    return handle.run_id

@@ -30,7 +30,7 @@ def fit_search(ctx: SearchContext, options, config: PipelineConfig, experiment_p
 
     # the same checks as train (workers fit, storage and tracking every node reaches); a Ray started here gets
     # one trial-driver slot per CPU
-    started = init_ray(config, local_resources={DRIVER_RESOURCE: os.cpu_count() or 1})
+    started = init_ray(config, ctx.parent.tracking_uri, local_resources={DRIVER_RESOURCE: os.cpu_count() or 1})
     try:
         concurrency = _concurrency(config, options)
         print(f"search {ctx.name}: up to {concurrency} trial(s) at a time; Tune experiment {experiment_path}")

@@ -181,11 +181,9 @@ def _parent_run(
         return tracking.resume_run(tracking.RunHandle.load(record))
     tags = {"pipeline.job": "tune", "tune.search": name, "tune.spaces": ", ".join(space.sources)}
     handle = tracking.start_run(replace(config, mlflow={"run_name": name}), uri, label_map, tags=tags)
-    client = handle.client()
-    for key, value in options.spec().items():
-        client.log_param(handle.run_id, f"tune.{key}", str(value))
+    tracking.log_params(handle, {f"tune.{key}": value for key, value in options.spec().items()})
     for source in space.sources:
-        client.log_artifact(handle.run_id, source, "spaces")
+        tracking.log_artifact(handle, source, "spaces")
     handle.save(record)  # last: a search whose parent run is half set up starts a new one
     return handle
 
@@ -199,9 +197,8 @@ def _report(ctx: SearchContext, outcome: TrialOutcome, report_dir: Path) -> Sear
     mark_fronts(rows)
     files = write_files(rows, report_dir) if rows else {}
     _close_child_runs(ctx, rows)
-    client = ctx.parent.client()
     for path in files.values():
-        client.log_artifact(ctx.parent.run_id, str(path), "leaderboard")
+        tracking.log_artifact(ctx.parent, path, "leaderboard")
     counts = {status: sum(r.status == status for r in rows) for status in {r.status for r in rows}}
     metrics = {f"trials_{s.replace(' ', '_')}": n for s, n in counts.items()}
     result = SearchOutcome(
@@ -209,7 +206,7 @@ def _report(ctx: SearchContext, outcome: TrialOutcome, report_dir: Path) -> Sear
     )
     if result.best is not None:
         metrics |= {"best_val_AP": result.best.val_AP, "best_val_AP50": result.best.val_AP50}
-        client.set_tag(ctx.parent.run_id, "tune.best_trial", result.best.trial_id)
+        tracking.set_tags(ctx.parent, {"tune.best_trial": result.best.trial_id})
     tracking.log_metrics(ctx.parent, metrics)
     return result
 
@@ -221,7 +218,7 @@ def _close_child_runs(ctx: SearchContext, rows: list[TrialRow]) -> None:
         if not record.is_file() or row.status == "pending":
             continue
         run = tracking.RunHandle.load(record)
-        run.client().set_tag(run.run_id, "tune.status", row.status)
+        tracking.set_tags(run, {"tune.status": row.status})
         if math.isfinite(row.val_AP):  # it evaluated at least once
             best = {"val_AP": row.val_AP, "val_AP50": row.val_AP50, "epoch": row.best_epoch}
             tracking.log_metrics(run, best, prefix="best_")
@@ -254,5 +251,5 @@ def _register_best(config: PipelineConfig, ctx: SearchContext, best: TrialRow, m
         force=options.force_champion,
     )
     done.write_text(json.dumps({"model_uri": registration.model_uri, "trial_id": best.trial_id}), encoding="utf-8")
-    ctx.parent.client().set_tag(ctx.parent.run_id, "tune.registered_model", registration.model_uri)
+    tracking.set_tags(ctx.parent, {"tune.registered_model": registration.model_uri})
     return registration
