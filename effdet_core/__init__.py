@@ -1,7 +1,7 @@
 """EfficientDet: the model alone (torch + timm), every official variant D0-D7x and Lite0-4 plus custom scalings."""
 
 from .anchors import generate_anchors
-from .complexity import count_flops, count_parameters, latency_device, measure_latency_ms
+from .complexity import ModelCost, count_flops, count_parameters, latency_device, measure_latency_ms, model_cost
 from .config import VARIANTS, EfficientDetConfig, formula_scaling, get_config, scaled_config
 from .loss import LossConfig
 from .model import EfficientDet, create_model
@@ -16,6 +16,7 @@ __all__ = [
     "EfficientDetForPrediction",
     "EfficientDetForTraining",
     "LossConfig",
+    "ModelCost",
     "PostprocessConfig",
     "count_flops",
     "count_parameters",
@@ -26,6 +27,7 @@ __all__ = [
     "latency_device",
     "load_effdet_weights",
     "measure_latency_ms",
+    "model_cost",
     "scaled_config",
     "validate_targets",
 ]

@@ -23,16 +23,7 @@ def generate_anchors(
         # Effective strides: exactly 2**level for divisible sizes, fractional for the ceil-halved maps of
         # uneven sizes (as the official model places them).
         stride_y, stride_x = height / level_h, width / level_w
-        octaves = [2 ** (octave / config.num_scales) for octave in range(config.num_scales)]
-        # [A, 2] half sizes (x, y) of each anchor shape at this level, scale-major
-        half_sizes = torch.tensor(
-            [
-                [config.anchor_scale * stride_x * o * ax / 2.0, config.anchor_scale * stride_y * o * ay / 2.0]
-                for o in octaves
-                for ax, ay in config.aspect_ratios
-            ],
-            dtype=torch.float64,
-        )
+        half_sizes = torch.tensor(anchor_shapes(config, stride_x, stride_y), dtype=torch.float64) / 2  # [A, 2] (x, y)
         ys = torch.arange(stride_y / 2, height, stride_y, dtype=torch.float64)[:level_h]
         xs = torch.arange(stride_x / 2, width, stride_x, dtype=torch.float64)[:level_w]
         cy, cx = torch.meshgrid(ys, xs, indexing="ij")
@@ -40,6 +31,21 @@ def generate_anchors(
         boxes = torch.cat([centers[:, None] - half_sizes[None], centers[:, None] + half_sizes[None]], dim=-1)
         per_level.append(boxes.reshape(-1, 4))  # [H_l*W_l*A, 4]
     return torch.cat(per_level).to(device=device, dtype=torch.float32)
+
+
+def octave_scales(num_scales: int) -> list[float]:
+    """The octave multipliers of the anchor sizes at one location: 2**(k / num_scales), k = 0..num_scales-1."""
+    return [2 ** (octave / num_scales) for octave in range(num_scales)]
+
+
+def anchor_shapes(config: EfficientDetConfig, stride_x: float, stride_y: float) -> list[tuple[float, float]]:
+    """(width, height) in input px of the A anchors at one location of a level with these strides, scale-major
+    (the head's anchor-major channel order): anchor_scale * stride * octave * aspect ratio."""
+    return [
+        (config.anchor_scale * stride_x * octave * ax, config.anchor_scale * stride_y * octave * ay)
+        for octave in octave_scales(config.num_scales)
+        for ax, ay in config.aspect_ratios
+    ]
 
 
 def feature_sizes(image_size: tuple[int, int], min_level: int, max_level: int) -> list[tuple[int, int]]:

@@ -57,15 +57,24 @@ def create_backbone(
     return backbone
 
 
+def check_backbone_weights(pretrained: str | os.PathLike | None, backbone_name: str) -> None:
+    """The one rule for what `pretrained_backbone` may name for `backbone_name`, checked without reading any weights
+    (configs call it before long work starts); ValueError naming the value. "timm" is looked up when building."""
+    if pretrained is None or pretrained == "timm":
+        return
+    if pretrained in WEIGHT_NAMES:
+        packaged_weights_backbone(str(pretrained), backbone_name)
+    elif not Path(pretrained).is_file():
+        raise ValueError(f"pretrained_backbone={str(pretrained)!r} is neither a file nor one of {list(WEIGHT_NAMES)}")
+
+
 def _resolve_weights(backbone_name: str, pretrained: str | os.PathLike) -> dict[str, torch.Tensor]:
-    if pretrained == "imagenet" or pretrained in PACKAGED_ALIASES:
-        return _packaged_state_dict(packaged_weights_backbone(str(pretrained), backbone_name))
+    check_backbone_weights(pretrained, backbone_name)
     if pretrained == "timm":
         return read_state_dict(_timm_cached_file(backbone_name))
-    path = Path(pretrained)
-    if not path.is_file():
-        raise ValueError(f"pretrained_backbone={str(pretrained)!r} is neither a file nor one of {list(WEIGHT_NAMES)}")
-    return read_state_dict(path)
+    if pretrained in WEIGHT_NAMES:
+        return _packaged_state_dict(packaged_weights_backbone(str(pretrained), backbone_name))
+    return read_state_dict(Path(pretrained))
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -3,8 +3,10 @@ latency: the cost side of a detector's accuracy/cost trade-off."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -77,3 +79,24 @@ def latency_device(model: EfficientDet) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu, {torch.get_num_threads()} threads"
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """What one detector costs: the cost axes of a scaling search and the tags of a registered version."""
+
+    params: int
+    flops: int  # multiply-adds of one image at the model's input size
+    latency_ms: float | None = None  # median of one image through network + decode + NMS; None when not measured
+    latency_ms_min: float | None = None
+    latency_device: str | None = None
+
+
+def model_cost(model: EfficientDet, latency: bool = True) -> ModelCost:
+    """Params, FLOPs and (unless `latency=False`) measured latency of `model` on its device with this process's
+    torch threads; the model keeps its mode and weights."""
+    cost = ModelCost(params=count_parameters(model), flops=count_flops(model))
+    if not latency:
+        return cost
+    median, fastest = measure_latency_ms(model)
+    return dataclasses.replace(cost, latency_ms=median, latency_ms_min=fastest, latency_device=latency_device(model))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -35,33 +37,31 @@ def _weighted_sum(maps: list[torch.Tensor], weights: torch.Tensor | None) -> tor
     return out
 
 
+@dataclass(frozen=True)
+class NodeStyle:
+    """How every fusion node of a feature network is built: output width, fusion weighting, activation, BN."""
+
+    width: int
+    fusion: str
+    act: str
+    momentum: float
+    eps: float
+
+
 class FusionNodeModule(nn.Module):
     """One node: resample each input to this level -> weighted fusion -> activation -> separable conv -> BN."""
 
-    def __init__(
-        self,
-        node: FusionNode,
-        channels: list[int],
-        strides: list[int],
-        *,
-        width: int,
-        fusion: str,
-        act: str,
-        momentum: float,
-        eps: float,
-    ):
+    def __init__(self, node: FusionNode, channels: list[int], strides: list[int], style: NodeStyle):
         super().__init__()
+        width, norm = style.width, {"momentum": style.momentum, "eps": style.eps}
         out_stride = 2**node.level
         self.input_indices = node.inputs
         self.inputs = nn.ModuleDict(
-            {
-                str(i): Resample(channels[i], width, strides[i], out_stride, momentum=momentum, eps=eps)
-                for i in node.inputs
-            }
+            {str(i): Resample(channels[i], width, strides[i], out_stride, **norm) for i in node.inputs}
         )
-        self.fusion = WeightedFusion(len(node.inputs), fusion)
-        self.act = make_act(act)
-        self.conv = SeparableConv(width, width, norm=make_norm(width, momentum=momentum, eps=eps))
+        self.fusion = WeightedFusion(len(node.inputs), style.fusion)
+        self.act = make_act(style.act)
+        self.conv = SeparableConv(width, width, norm=make_norm(width, **norm))
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         # The first input is the node's own level: its size is the target for upsampled inputs.
@@ -74,29 +74,15 @@ class FusionCell(nn.Module):
     """One repeat of the feature network: maps list over levels -> maps list over levels."""
 
     def __init__(
-        self,
-        nodes: tuple[FusionNode, ...],
-        in_channels: list[int],
-        *,
-        min_level: int,
-        max_level: int,
-        width: int,
-        fusion: str,
-        act: str,
-        momentum: float,
-        eps: float,
+        self, nodes: tuple[FusionNode, ...], in_channels: list[int], *, min_level: int, max_level: int, style: NodeStyle
     ):
         super().__init__()
         channels = list(in_channels)
         strides = [2**level for level in range(min_level, max_level + 1)]
         self.nodes = nn.ModuleList()
         for node in nodes:
-            self.nodes.append(
-                FusionNodeModule(
-                    node, channels, strides, width=width, fusion=fusion, act=act, momentum=momentum, eps=eps
-                )
-            )
-            channels.append(width)
+            self.nodes.append(FusionNodeModule(node, channels, strides, style))
+            channels.append(style.width)
             strides.append(2**node.level)
         self.outputs = output_indices(nodes, min_level, max_level)
 
@@ -135,21 +121,10 @@ class FeatureNetwork(nn.Module):
             )
             channels.append(width)
         nodes = build_topology(kind, min_level, max_level)
+        style = NodeStyle(width=width, fusion=fusion, act=act, momentum=momentum, eps=eps)
         self.cells = nn.ModuleList()
         for _ in range(repeats):
-            self.cells.append(
-                FusionCell(
-                    nodes,
-                    channels,
-                    min_level=min_level,
-                    max_level=max_level,
-                    width=width,
-                    fusion=fusion,
-                    act=act,
-                    momentum=momentum,
-                    eps=eps,
-                )
-            )
+            self.cells.append(FusionCell(nodes, channels, min_level=min_level, max_level=max_level, style=style))
             channels = [width] * len(channels)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:

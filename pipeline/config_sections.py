@@ -6,8 +6,8 @@ whole job from YAML and `--set` overrides and re-exports every section.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from effdet_core.config import FEATURE_NETWORKS, FUSION_METHODS, VARIANTS
@@ -15,6 +15,20 @@ from effdet_core.config import FEATURE_NETWORKS, FUSION_METHODS, VARIANTS
 
 class ConfigError(ValueError):
     """A user error in the configuration: the message names the key and the bad value or the file."""
+
+
+EVAL_EVERY_PATTERN = re.compile(r"^\s*(\d+)\s*(epochs?|steps?)?\s*$")
+
+
+def parse_eval_every(value: str) -> tuple[int, str] | None:
+    """`"3"`, `"3 epochs"`, `"500 steps"` -> (count, "epochs" | "steps"); `"auto"` -> None. ValueError otherwise."""
+    if value.strip() == "auto":
+        return None
+    match = EVAL_EVERY_PATTERN.match(value)
+    if not match or int(match.group(1)) < 1:
+        raise ValueError("must be auto, a number of epochs, or e.g. '2 epochs' / '500 steps' (>= 1)")
+    unit = match.group(2) or "epochs"
+    return int(match.group(1)), "steps" if unit.startswith("step") else "epochs"
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
@@ -112,8 +126,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _choice("model.variant", self.variant, MODEL_VARIANTS)
-        if isinstance(self.anchor_ratios, list):  # built from a checkpoint's (JSON-like) dict, not through from_dict
-            object.__setattr__(self, "anchor_ratios", tuple(float(r) for r in self.anchor_ratios))
         for key in ("anchor_scale", "anchor_ratios"):
             value = getattr(self, key)
             _check(not isinstance(value, str) or value == AUTO, f"model.{key}", value, "must be a value, auto or null")
@@ -186,16 +198,12 @@ class ModelConfig:
             resolved = get_config(self.variant, **self.overrides())
         except ValueError as e:  # effdet_core names the field; say which config section it came from
             raise ConfigError(f"model: {e}") from None
-        from effdet_core.backbone import WEIGHT_NAMES, packaged_weights_backbone
+        from effdet_core.backbone import check_backbone_weights
 
-        weights = self.pretrained_backbone
-        if weights in WEIGHT_NAMES and weights != "timm":
-            try:
-                packaged_weights_backbone(weights, resolved.backbone)
-            except ValueError as e:
-                raise ConfigError(f"model.{e} (model.variant={self.variant!r})") from None
-        if weights is not None and weights not in WEIGHT_NAMES and not Path(weights).is_file():
-            raise ConfigError(f"model.pretrained_backbone={weights!r}: no such weights file")
+        try:
+            check_backbone_weights(self.pretrained_backbone, resolved.backbone)
+        except ValueError as e:
+            raise ConfigError(f"model.{e} (model.variant={self.variant!r})") from None
         return resolved
 
 
@@ -269,8 +277,6 @@ class TrainConfig:
     fault_epoch: int = 2
 
     def __post_init__(self) -> None:
-        from pipeline.training.schedule import parse_eval_every
-
         _at_least_or_null("train.epochs", self.epochs, 1)
         _at_least_or_null("train.steps", self.steps, 1)
         _check(

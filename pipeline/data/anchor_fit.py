@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from effdet_core import EfficientDetConfig
+from effdet_core import EfficientDetConfig, LossConfig
+from effdet_core.anchors import anchor_shapes, feature_sizes, octave_scales
 from effdet_core.config import aspect_ratio_pairs
 
-MATCH_IOU = 0.5  # the assignment's positive threshold (effdet_core.LossConfig.match_threshold)
+MATCH_IOU = LossConfig().match_threshold  # the assignment's positive threshold
 MAX_BOXES = 20000  # boxes measured: a seeded sample beyond this (the statistics do not need more)
 SCALE_CANDIDATES = tuple(round(2 ** (k / 4), 3) for k in range(0, 13))  # 1 .. 8, four per octave (+ the config's)
 TIE = 0.005  # coverage within half a point of the best counts as a tie
@@ -93,21 +94,19 @@ def best_anchor_iou(boxes: np.ndarray, config: EfficientDetConfig) -> np.ndarray
     height, width = config.image_size
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2  # [n, 2] (x, y)
     size = np.clip(boxes[:, 2:] - boxes[:, :2], 0, None)  # [n, 2] (w, h)
-    octaves = [2 ** (o / config.num_scales) for o in range(config.num_scales)]
     best = np.zeros(len(boxes), np.float64)
     for level_h, level_w in _level_sizes(config):
         stride = np.array([width / level_w, height / level_h])  # (x, y), fractional for uneven sizes
         cells = np.array([level_w, level_h])
         index = np.clip(np.round((centre - stride / 2) / stride), 0, cells - 1)
         anchor_centre = stride / 2 + index * stride  # [n, 2]
-        for octave in octaves:
-            for ratio in config.aspect_ratios:
-                anchor_size = config.anchor_scale * stride * octave * np.array(ratio)  # [2] (w, h)
-                low = np.maximum(centre - size / 2, anchor_centre - anchor_size / 2)
-                high = np.minimum(centre + size / 2, anchor_centre + anchor_size / 2)
-                inter = np.prod(np.clip(high - low, 0, None), axis=1)
-                union = np.prod(size, axis=1) + np.prod(anchor_size) - inter
-                best = np.maximum(best, inter / np.maximum(union, 1e-9))
+        for shape in anchor_shapes(config, *stride):
+            anchor_size = np.array(shape)  # [2] (w, h)
+            low = np.maximum(centre - size / 2, anchor_centre - anchor_size / 2)
+            high = np.minimum(centre + size / 2, anchor_centre + anchor_size / 2)
+            inter = np.prod(np.clip(high - low, 0, None), axis=1)
+            union = np.prod(size, axis=1) + np.prod(anchor_size) - inter
+            best = np.maximum(best, inter / np.maximum(union, 1e-9))
     return best.astype(np.float32)
 
 
@@ -122,7 +121,6 @@ def positives_per_box(boxes: np.ndarray, config: EfficientDetConfig) -> np.ndarr
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2  # [n, 2] (x, y)
     size = np.clip(boxes[:, 2:] - boxes[:, :2], 0, None)  # [n, 2] (w, h)
     area = np.prod(size, axis=1)[:, None, None]  # [n, 1, 1]
-    octaves = [2 ** (o / config.num_scales) for o in range(config.num_scales)]
     levels = _level_sizes(config)
     positives = np.zeros((len(boxes), len(levels)), np.float64)
     best = np.zeros(len(boxes))
@@ -131,25 +129,24 @@ def positives_per_box(boxes: np.ndarray, config: EfficientDetConfig) -> np.ndarr
         stride = np.array([width / level_w, height / level_h])
         cells = np.array([level_w, level_h])
         nearest = np.clip(np.round((centre - stride / 2) / stride), 0, cells - 1)  # [n, 2]
-        for octave in octaves:
-            for ratio in config.aspect_ratios:
-                anchor = config.anchor_scale * stride * octave * np.array(ratio)  # [2] (w, h)
-                reach = int(np.ceil((anchor / stride).max() / 2)) + 1
-                steps = np.arange(-reach, reach + 1)  # [K]
-                overlap = []
-                for axis in (0, 1):  # x, then y: [n, K] overlap with the anchors at nearest + steps
-                    index = nearest[:, axis, None] + steps[None]
-                    anchor_centre = stride[axis] / 2 + index * stride[axis]
-                    low = np.maximum(centre[:, axis, None] - size[:, axis, None] / 2, anchor_centre - anchor[axis] / 2)
-                    high = np.minimum(centre[:, axis, None] + size[:, axis, None] / 2, anchor_centre + anchor[axis] / 2)
-                    inside = (index >= 0) & (index < cells[axis])
-                    overlap.append(np.clip(high - low, 0, None) * inside)
-                inter = overlap[0][:, None, :] * overlap[1][:, :, None]  # [n, K(y), K(x)]
-                iou = inter / np.maximum(area + np.prod(anchor) - inter, 1e-9)
-                positives[:, li] += (iou >= MATCH_IOU).sum(axis=(1, 2))
-                top = iou.max(axis=(1, 2))
-                better = top > best
-                best, best_level = np.where(better, top, best), np.where(better, li, best_level)
+        for shape in anchor_shapes(config, *stride):
+            anchor = np.array(shape)  # [2] (w, h)
+            reach = int(np.ceil((anchor / stride).max() / 2)) + 1
+            steps = np.arange(-reach, reach + 1)  # [K]
+            overlap = []
+            for axis in (0, 1):  # x, then y: [n, K] overlap with the anchors at nearest + steps
+                index = nearest[:, axis, None] + steps[None]
+                anchor_centre = stride[axis] / 2 + index * stride[axis]
+                low = np.maximum(centre[:, axis, None] - size[:, axis, None] / 2, anchor_centre - anchor[axis] / 2)
+                high = np.minimum(centre[:, axis, None] + size[:, axis, None] / 2, anchor_centre + anchor[axis] / 2)
+                inside = (index >= 0) & (index < cells[axis])
+                overlap.append(np.clip(high - low, 0, None) * inside)
+            inter = overlap[0][:, None, :] * overlap[1][:, :, None]  # [n, K(y), K(x)]
+            iou = inter / np.maximum(area + np.prod(anchor) - inter, 1e-9)
+            positives[:, li] += (iou >= MATCH_IOU).sum(axis=(1, 2))
+            top = iou.max(axis=(1, 2))
+            better = top > best
+            best, best_level = np.where(better, top, best), np.where(better, li, best_level)
     forced = best < MATCH_IOU
     positives[np.flatnonzero(forced), best_level[forced]] += 1
     return positives
@@ -174,7 +171,7 @@ def coverage(boxes: np.ndarray, config: EfficientDetConfig) -> float:
 
 def anchor_size_ranges(config: EfficientDetConfig) -> dict[int, tuple[float, float]]:
     """Level -> (smallest, largest) anchor side (sqrt of area) in model-input px over octave scales."""
-    octaves = [2 ** (o / config.num_scales) for o in range(config.num_scales)]
+    octaves = octave_scales(config.num_scales)
     return {
         level: (config.anchor_scale * 2**level * min(octaves), config.anchor_scale * 2**level * max(octaves))
         for level in range(config.min_level, config.max_level + 1)
@@ -182,8 +179,6 @@ def anchor_size_ranges(config: EfficientDetConfig) -> dict[int, tuple[float, flo
 
 
 def _level_sizes(config: EfficientDetConfig) -> list[tuple[int, int]]:
-    from effdet_core.anchors import feature_sizes
-
     return feature_sizes(config.image_size, config.min_level, config.max_level)
 
 

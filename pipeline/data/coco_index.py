@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from pipeline.data.layout import DatasetError, LabelMap, annotation_path, images_dir
+from pipeline.data.layout import DatasetError, LabelMap, annotation_path, image_file, images_dir
 from pipeline.data.validate import clip_bbox, complete_annotations
 
 
@@ -58,11 +58,12 @@ def load_coco(path: str | os.PathLike) -> COCO:
 def build_records(coco: COCO, image_root: Path, label_map: LabelMap) -> list[ImageRecord]:
     """Training records for every image of ``coco`` (images without boxes are kept)."""
     records = []
-    base = image_root.resolve()
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
-        if not (image_root / info["file_name"]).resolve().is_relative_to(base):
-            raise DatasetError(f"image id {image_id}: file_name {info['file_name']!r} resolves outside {base}")
+        if not image_file(image_root, info["file_name"])[1]:
+            raise DatasetError(
+                f"image id {image_id}: file_name {info['file_name']!r} resolves outside {image_root.resolve()}"
+            )
         width, height = int(info["width"]), int(info["height"])
         boxes, labels = [], []
         for ann in coco.imgToAnns.get(image_id, []):

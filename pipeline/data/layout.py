@@ -36,6 +36,13 @@ def annotation_path(dataset_dir: str | os.PathLike, split: str) -> Path:
     return Path(dataset_dir) / "annotations" / f"{split}.json"
 
 
+def image_file(image_root: Path, file_name: str) -> tuple[Path, bool]:
+    """`(resolved path, inside)` of an annotation's `file_name`: the one rule for a path that escapes the images
+    folder (`../../etc/passwd`, an absolute path), which must never be read."""
+    target = (image_root / file_name).resolve()
+    return target, target.is_relative_to(image_root.resolve())
+
+
 @dataclass(frozen=True)
 class LabelMap:
     """Contiguous 0-based labels for COCO category ids, in sorted category-id order.

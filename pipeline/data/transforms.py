@@ -15,10 +15,8 @@ import cv2
 import numpy as np
 import torch
 
+from effdet_core.config import IMAGENET_MEAN, IMAGENET_STD  # the one definition: the model config's default
 from pipeline.data.augment_spec import AugmentOptions, parse_augment
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 class DetectionTransform:

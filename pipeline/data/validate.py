@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.data.layout import SPLITS, DatasetError, annotation_path, images_dir
+from pipeline.data.layout import SPLITS, DatasetError, annotation_path, image_file, images_dir
 
 # Problem kinds. Every kind is fatal except BOX_CLIPPED and FILLED_FIELD.
 MALFORMED_JSON = "malformed_json"
@@ -108,8 +108,7 @@ def validate_dataset(
         report.problems.extend(problems)
         report.num_images[split] = len(data["images"])
         report.num_annotations[split] = len(data["annotations"])
-        for key in MISSING_FIELD_DEFAULTS:
-            report.filled[key] += sum(isinstance(a, dict) and key not in a for a in data["annotations"])
+        report.filled.update(missing_field_counts(data["annotations"]))
         if not data["images"]:
             report.problems.append(Problem(EMPTY_SPLIT, str(path), "images", "the split has no images"))
         categories[split] = {c["id"]: c["name"] for c in data["categories"] if _is_category(c)}
@@ -170,28 +169,29 @@ def validate_coco(
     return problems
 
 
-def complete_annotations(annotations: list[dict[str, Any]]) -> dict[str, int]:
+def complete_annotations(annotations: list[dict[str, Any]]) -> None:
     """Fill, in place, the fields pycocotools' evaluator needs and many exporters omit: a missing `iscrowd` is 0,
-    a missing `area` is the box's area (w * h). Returns how many annotations got each field."""
-    filled = {"iscrowd": 0, "area": 0}
+    a missing `area` is the box's area (w * h)."""
     for ann in annotations:
         if "iscrowd" not in ann:
             ann["iscrowd"] = 0
-            filled["iscrowd"] += 1
         if "area" not in ann and isinstance(ann.get("bbox"), list) and len(ann["bbox"]) == 4:
             ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
-            filled["area"] += 1
-    return filled
 
 
 MISSING_FIELD_DEFAULTS = {"iscrowd": "0", "area": "the box area w*h"}
 
 
+def missing_field_counts(annotations: list[Any]) -> dict[str, int]:
+    """Field -> how many annotations lack it (`complete_annotations` fills them when the split is loaded)."""
+    return {key: sum(isinstance(a, dict) and key not in a for a in annotations) for key in MISSING_FIELD_DEFAULTS}
+
+
 def _missing_field_notes(annotations: list[dict[str, Any]], json_file: str) -> list[Problem]:
     """One non-fatal note per field that some annotations lack (they are filled when the split is loaded)."""
     notes = []
-    for key, default in MISSING_FIELD_DEFAULTS.items():
-        missing = sum(key not in ann for ann in annotations)
+    for key, missing in missing_field_counts(annotations).items():
+        default = MISSING_FIELD_DEFAULTS[key]
         if missing:
             message = f"{missing} annotation(s) without {key!r}: filled with {default}"
             notes.append(Problem(FILLED_FIELD, json_file, f"{key} field", message, fatal=False))
@@ -274,22 +274,19 @@ def _check_annotation(
 
 def _escaping_paths(images: list[dict[str, Any]], json_file: str, root: Path) -> list[Problem]:
     """Image records whose file resolves outside the images folder: reading them would read any file the user can."""
-    base = root.resolve()
     problems = []
     for im in images:
-        target = (root / im["file_name"]).resolve()
-        if not target.is_relative_to(base):
-            message = f"file_name {im['file_name']!r} resolves to {target}, outside {base}"
+        target, inside = image_file(root, im["file_name"])
+        if not inside:
+            message = f"file_name {im['file_name']!r} resolves to {target}, outside {root.resolve()}"
             problems.append(Problem(PATH_ESCAPE, json_file, f"image id {im['id']}", message))
     return problems
 
 
 def _check_image_files(images: list[dict[str, Any]], json_file: str, root: Path) -> list[Problem]:
-    base = root.resolve()
-
     def check(im: dict[str, Any]) -> Problem | None:
         path = root / im["file_name"]
-        if not path.resolve().is_relative_to(base):
+        if not image_file(root, im["file_name"])[1]:
             return None  # reported as PATH_ESCAPE; never opened
         record = f"image id {im['id']} ({path})"
         if not path.is_file():

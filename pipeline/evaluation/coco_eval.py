@@ -38,8 +38,19 @@ def merge_prediction_shards(shards: Iterable[Sequence[Prediction]]) -> list[Pred
     return [merged[image_id] for image_id in sorted(merged)]
 
 
+def coco_result(image_id: int, category_id: int, box_xyxy: Sequence[float], score: float) -> dict[str, Any]:
+    """One COCO result record ``{"image_id", "category_id", "bbox" [x, y, w, h], "score"}`` from an xyxy box."""
+    x1, y1, x2, y2 = box_xyxy
+    return {
+        "image_id": int(image_id),
+        "category_id": int(category_id),
+        "bbox": [x1, y1, x2 - x1, y2 - y1],
+        "score": score,
+    }
+
+
 def predictions_to_coco_results(predictions: Sequence[Prediction], label_map: LabelMap) -> list[dict[str, Any]]:
-    """COCO result records ``{"image_id", "category_id", "bbox" [x,y,w,h], "score"}``."""
+    """COCO result records of per-image predictions (0-based labels mapped to the dataset's category ids)."""
     results = []
     for prediction in predictions:
         boxes = np.asarray(prediction["boxes"], dtype=np.float64).reshape(-1, 4)  # [n, 4] xyxy
@@ -49,12 +60,9 @@ def predictions_to_coco_results(predictions: Sequence[Prediction], label_map: La
             raise ValueError(
                 f"image id {prediction['image_id']}: {len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels"
             )
-        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)  # [n, 4]
-        for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist(), strict=True):
+        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist(), strict=True):
             category_id = label_map.label_to_category_id(int(label))
-            results.append(
-                {"image_id": int(prediction["image_id"]), "category_id": category_id, "bbox": box, "score": score}
-            )
+            results.append(coco_result(prediction["image_id"], category_id, box, score))
     return results
 
 

@@ -24,7 +24,6 @@ _EXPORTS: dict[str, str] = {
     "model_from_state": "from_checkpoint",
     "dataset_fingerprint": "metadata",
     "code_version": "metadata",
-    "measure_latency_ms": "metadata",
     "ModelPackage": "package",
     "load_package": "package",
     "load_package_dir": "package",

@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from effdet_core import EfficientDet, count_flops, count_parameters, latency_device, measure_latency_ms
+from effdet_core import EfficientDet, model_cost
 from pipeline.data import DatasetError, annotation_path, images_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -84,15 +84,13 @@ def model_tags(model: EfficientDet, latency: bool = True) -> dict[str, str]:
         "fpn_repeats": str(config.fpn_repeats),
         "head_repeats": str(config.head_repeats),
         "num_classes": str(model.num_classes),
-        "params": str(count_parameters(model)),
-        "flops": str(count_flops(model)),
     }
+    cost = model_cost(model, latency=latency)
+    tags |= {"params": str(cost.params), "flops": str(cost.flops)}
     phi = re.fullmatch(r"d(\d)x?(-custom)?", config.name)
     if phi:  # the compound-scaling coefficient of D0-D7x and their custom scalings
         tags["phi"] = phi.group(1)
     if latency:
-        median, fastest = measure_latency_ms(model)
-        tags["latency_ms"] = f"{median:.2f}"
-        tags["latency_ms_min"] = f"{fastest:.2f}"
-        tags["latency_device"] = latency_device(model)
+        tags |= {"latency_ms": f"{cost.latency_ms:.2f}", "latency_ms_min": f"{cost.latency_ms_min:.2f}"}
+        tags["latency_device"] = cost.latency_device
     return tags

@@ -20,6 +20,7 @@ import torch
 
 from effdet_core import EfficientDetForPrediction, PostprocessConfig
 from pipeline.data import DetectionTransform, LabelMap, to_original_coordinates
+from pipeline.evaluation.coco_eval import coco_result
 from pipeline.registry.errors import ImageInputError
 from pipeline.registry.package import ModelPackage
 
@@ -126,15 +127,7 @@ class Detector:
 
 def to_coco_results(detections: Sequence[Detection]) -> list[dict[str, Any]]:
     """Flat detections -> COCO results format ``{"image_id", "category_id", "bbox" [x, y, w, h], "score"}``."""
-    return [
-        {
-            "image_id": d["image_id"],
-            "category_id": d["category_id"],
-            "bbox": [d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1]],
-            "score": d["score"],
-        }
-        for d in detections
-    ]
+    return [coco_result(d["image_id"], d["category_id"], d["box"], d["score"]) for d in detections]
 
 
 def draw_detections(image: np.ndarray, detections: Sequence[Detection], out_path: str | os.PathLike) -> Path:
