@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("--skip-images", action="store_true", help="do not open and decode the image files")
     validate.set_defaults(func=_validate)
 
-    from pipeline.cli.train import add_config_arguments
+    from pipeline.cli.common import add_config_arguments
 
     analyze = actions.add_parser(
         "analyze", help="box sizes against the configured model's anchors, at its input size, with advice"
@@ -87,7 +87,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from pipeline.cli.train import load_job_config
+    from pipeline.cli.common import load_job_config
     from pipeline.config import ConfigError
     from pipeline.data.analyze import analyze, report_lines
     from pipeline.data.layout import DatasetError

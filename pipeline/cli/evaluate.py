@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.registry import add_tracking_uri, guarded, tracking_uri
+from pipeline.cli.common import add_tracking_uri, guarded, tracking_uri
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.cli.registry import add_tracking_uri, guarded, tracking_uri
+from pipeline.cli.common import add_tracking_uri, guarded, tracking_uri
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -1,47 +1,14 @@
 """`run_pipeline.py registry list|show|register|promote|export`: browse the MLflow model registry, register a
 training checkpoint, move aliases, export.
-
-Also holds the small helpers the `evaluate` and `predict` subcommands share (tracking URI option, errors).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from datetime import UTC
 
-
-def add_tracking_uri(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; made absolute)",
-    )
-
-
-def tracking_uri(args: argparse.Namespace) -> str:
-    from pipeline.tracking import resolve_tracking_uri
-
-    return resolve_tracking_uri(args.tracking_uri)
-
-
-def guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Expected user errors print one `error:` line and exit 1 instead of a traceback."""
-
-    def wrapper(args: argparse.Namespace) -> int:
-        from pipeline.registry.errors import ExportError, RegistryError
-        from pipeline.tracking import TrackingError
-
-        try:
-            return run(args)
-        # ValueError covers DatasetError, ArtifactError, ImageInputError and bad arguments; importing their
-        # modules here would load torch for every subcommand
-        except (RegistryError, ExportError, TrackingError, ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-
-    return wrapper
+from pipeline.cli.common import add_tracking_uri, guarded, tracking_uri
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -7,12 +7,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
+from pipeline.cli.common import add_config_arguments, add_register_arguments, stop_gracefully_on_sigterm, train_config
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,65 +21,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue the latest run (or ray.name) from its last epoch checkpoint"
     )
-    parser.add_argument(
-        "--register",
-        metavar="NAME",
-        default=None,
-        help="register the best model under NAME in the MLflow registry (champion moves only if it is better)",
-    )
-    parser.add_argument("--force-champion", action="store_true", help="with --register: make it champion regardless")
+    add_register_arguments(parser, search=False)
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config (YAML) and exit without training"
     )
     parser.set_defaults(func=run)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--config FILE` and `--set section.key=value`: the job's configuration (train, and the base of a search)."""
-    parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name} when present)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value, e.g. --set train.epochs=3 (repeatable)",
-    )
-
-
-def load_job_config(args: argparse.Namespace, flag_overrides: list[str]):
-    """The config file, then --set, then the command's own flags (which win)."""
-    from pipeline.config import load_config
-
-    path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    return load_config(path, [*args.overrides, *flag_overrides])
-
-
-def resolve_config(args: argparse.Namespace):
-    """The config file plus flag overrides; the flags win over --set."""
-    overrides = []
-    if args.num_workers is not None:
-        overrides.append(f"ray.num_workers={args.num_workers}")
-    if args.use_gpu:
-        overrides.append("ray.use_gpu=true")
-    return load_job_config(args, overrides)
-
-
-def stop_gracefully_on_sigterm(forward_to_sigint: bool = False) -> None:
-    """`submit stop`, `kill` and Kubernetes send SIGTERM, which would end the process without closing anything.
-
-    Training turns it into a KeyboardInterrupt, which closes its MLflow run as KILLED (Ray Train's own Ctrl+C
-    handler ends the process with SystemExit instead); a search forwards it as SIGINT, on which Tune saves the
-    search's state for --resume.
-    """
-
-    def interrupt(signum, frame):
-        if forward_to_sigint:
-            os.kill(os.getpid(), signal.SIGINT)
-        else:
-            raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.training.checkpoint import CheckpointError
 
     try:
-        config = resolve_config(args)
+        config = train_config(args)
         if args.register is not None and not args.register.strip():
             raise ConfigError("--register needs a non-empty model name")
         if args.print_config:

@@ -11,7 +11,12 @@ import argparse
 import os
 import sys
 
-from pipeline.cli.train import add_config_arguments, load_job_config, stop_gracefully_on_sigterm
+from pipeline.cli.common import (
+    add_config_arguments,
+    add_register_arguments,
+    load_job_config,
+    stop_gracefully_on_sigterm,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -45,15 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-concurrent-trials", type=int, default=None, help="default: as many as the cluster's resources fit"
     )
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--register",
-        metavar="NAME",
-        default=None,
-        help="model name for the best trial (default: effdet-<dataset folder>)",
-    )
-    group.add_argument("--no-register", action="store_true", help="do not register the best model")
-    parser.add_argument("--force-champion", action="store_true", help="make the best trial champion regardless")
+    add_register_arguments(parser, search=True)
     parser.set_defaults(func=run)
 
 
