@@ -13,6 +13,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,9 @@ __all__ = [
     "flatten",
     "from_dict",
     "load_config",
+    "override",
     "parse_override",
+    "read_yaml_mapping",
     "replace",
     "save_config",
     "to_dict",
@@ -149,52 +152,73 @@ def from_dict(data: dict[str, Any] | None) -> PipelineConfig:
     return PipelineConfig(**built)
 
 
-def parse_override(item: str) -> tuple[str, str, Any]:
-    """`section.key=value` -> (section, key, YAML-parsed value)."""
+def parse_override(item: str) -> tuple[str, Any]:
+    """A `--set` string `section.key=value` -> ("section.key", YAML-parsed value)."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like section.key=value")
     path, raw = item.split("=", 1)
-    parts = path.strip().split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"override key {path!r} must be section.key, e.g. train.epochs")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {item!r}: cannot parse value: {e}") from e
-    return parts[0], parts[1], value
+    return path.strip(), value
+
+
+def _set_dotted(data: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested section dicts with `{"section.key": value}` changes written in (a new dict; `data` is unchanged)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for dotted, value in changes.items():
+        parts = dotted.split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"override key {dotted!r} must be section.key, e.g. train.epochs")
+        section, key = parts
+        if not isinstance(data.setdefault(section, {}), dict):
+            raise ConfigError(f"section {section!r} must be a mapping of keys")
+        data[section][key] = value
+    return data
+
+
+def override(config: PipelineConfig, changes: Mapping[str, Any]) -> PipelineConfig:
+    """`config` with `{"section.key": value}` changes, validated (a ConfigError names the key and the value).
+
+    The one way a config changes after loading: `--set` strings (`load_config`), a search's sampled and managed
+    values (`pipeline.tuning`) and code (`replace`) all come through here."""
+    return from_dict(_set_dotted(to_dict(config), changes))
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Load a YAML config file (or the defaults) and apply `section.key=value` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    for item in overrides:
-        section, key, value = parse_override(item)
-        if not isinstance(data.setdefault(section, {}), dict):
-            raise ConfigError(f"section {section!r} must be a mapping of keys")
-        data[section][key] = value
+        data = read_yaml_mapping(path, "config file", "a mapping of sections")
     try:
-        return from_dict(data)
+        return from_dict(_set_dotted(data, dict(parse_override(item) for item in overrides)))
     except ConfigError as e:
         raise ConfigError(f"{e} (config {path or 'defaults'})" if path else str(e)) from None
 
 
+def read_yaml_mapping(path: str | os.PathLike, what: str, expected: str) -> dict[str, Any]:
+    """The mapping a YAML file holds; ConfigError naming `what` and the file when it is unreadable, not YAML or
+    not a mapping (`expected` says what it should hold)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold {expected}, got {type(data).__name__}")
+    return data
+
+
 def replace(config: PipelineConfig, **sections: dict[str, Any]) -> PipelineConfig:
     """A copy with some keys changed per section, e.g. `replace(cfg, train={"epochs": 3})` (validated)."""
-    data = to_dict(config)
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return from_dict(data)
+    return override(
+        config, {f"{name}.{key}": value for name, values in sections.items() for key, value in values.items()}
+    )
 
 
 def to_dict(config: PipelineConfig) -> dict[str, dict[str, Any]]:

@@ -14,37 +14,24 @@ from pipeline.registry.metadata import pick_metrics
 from pipeline.registry.registry import Registration, register_model
 from pipeline.training.checkpoint import CheckpointError, TrainState, load_checkpoint
 
-WEIGHT_CHOICES = ("best", "last")
-
 
 def model_from_state(state: TrainState, weights: str = "best") -> tuple[EfficientDet, LabelMap]:
     """The network of a checkpoint with its evaluation weights: the best epoch's (default) or the last epoch's
     (EMA weights when training used EMA)."""
-    from pipeline.config import ModelConfig
+    from pipeline.config import from_dict
 
-    if weights not in WEIGHT_CHOICES:
-        raise ValueError(f"weights={weights!r} not supported; choose one of {list(WEIGHT_CHOICES)}")
+    state_dict = state.chosen(weights).weights
     try:
-        model_config = ModelConfig(**state.config["model"])
+        model_config = from_dict({"model": state.config["model"]}).model  # validated like any config
         label_map = LabelMap.from_dict(state.label_map)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint of epoch {state.epoch}: unusable model config or label map: {e}") from None
-    state_dict = state.best.get("weights") if weights == "best" else None
-    if state_dict is None:
-        state_dict = state.eval_weights()
     model = model_config.build(label_map.num_classes, pretrained=False)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint weights do not fit the configured model: {e}") from None
     return model.eval(), label_map
-
-
-def checkpoint_metrics(state: TrainState, weights: str = "best") -> dict[str, float]:
-    """The validation metrics that belong to the chosen weights."""
-    if weights == "best" and state.best.get("metrics"):
-        return dict(state.best["metrics"])
-    return dict(state.metrics)
 
 
 def register_from_checkpoint(
@@ -69,13 +56,14 @@ def register_from_checkpoint(
     from pipeline.tracking import check_tracking_store
 
     state = checkpoint if isinstance(checkpoint, TrainState) else load_checkpoint(checkpoint)
-    metrics = dict(metrics) if metrics is not None else checkpoint_metrics(state, weights)
+    chosen = state.chosen(weights)
+    metrics = dict(metrics) if metrics is not None else chosen.metrics
     pick_metrics(metrics)  # val_AP / val_AP50 present
     if not dataset_fingerprint:
         raise ValueError("dataset_fingerprint is required: champion only moves between comparable evaluations")
     check_tracking_store(tracking_uri)
     model, label_map = model_from_state(state, weights)
-    extra = {"source_epoch": str(state.best.get("epoch", state.epoch) if weights == "best" else state.epoch)}
+    extra = {"source_epoch": str(chosen.epoch)}
     return register_model(
         model,
         label_map,

@@ -28,17 +28,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pipeline.config import ConfigError, PipelineConfig, from_dict, to_dict
+from pipeline.config import ConfigError, PipelineConfig, override, read_yaml_mapping, to_dict
 
 FILE_KEYS = ("description", "space", "compound", "fixed")
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
-# what the search itself decides per trial (flags, trial ids, storage): a space may not vary these
+
+
+def managed_values(*, max_epochs: int, trial_id: str, train_storage: str, search: str) -> dict[str, Any]:
+    """What the search itself sets on every trial, on top of the space's values (`SearchContext.trial_config`)."""
+    return {
+        "train.epochs": max_epochs,
+        "train.steps": None,
+        "train.eval_every": "1 epoch",  # ASHA decides on every epoch's val mAP
+        "ray.name": trial_id,
+        "ray.storage_path": train_storage,
+        "mlflow.run_name": f"{search}/{trial_id}",
+    }
+
+
+# what a space may not vary: the search's own values per trial, and what all trials share from the base config
 MANAGED_KEYS = (
-    "train.epochs",
-    "train.steps",
-    "train.eval_every",
+    *managed_values(max_epochs=1, trial_id="", train_storage="", search=""),
     "train.output_dir",
     "data.dir",
     "data.generate_if_missing",
@@ -132,27 +142,13 @@ class SearchSpace:
         return any(dim.kind == "grid" for dim in self.dimensions.values())
 
 
-def apply_overrides(base: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
-    """`base` with flat `section.key` overrides, validated (ConfigError names the key and value)."""
-    data = to_dict(base)
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".", 1)
-        data.setdefault(section, {})[key] = value
-    return from_dict(data)
-
-
 # ------------------------------------------------------------------------------------------------ loading
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"search space {path}: cannot read it: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"search space {path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"search space {path}: must be a mapping with keys {list(FILE_KEYS)}")
+    data = read_yaml_mapping(path, "search space", f"a mapping with keys {list(FILE_KEYS)}")
+    if not data:
+        raise ConfigError(f"search space {path} is empty: it must hold a mapping with keys {list(FILE_KEYS)}")
     unknown = sorted(set(data) - set(FILE_KEYS))
     if unknown:
         raise ConfigError(f"search space {path}: unknown top-level key(s) {unknown}; valid: {list(FILE_KEYS)}")
@@ -258,7 +254,7 @@ def load_space(paths: list[str | Path], base: PipelineConfig) -> SearchSpace:
 
 def _check_trial(space: SearchSpace, base: PipelineConfig, params: dict[str, Any]) -> None:
     try:
-        config = apply_overrides(base, space.overrides(params))
+        config = override(base, space.overrides(params))
         config.model.resolve()
     except ConfigError as e:
         sources = sorted({space.dimensions[k].source for k in params}) or list(space.sources)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
-from pipeline.config import PipelineConfig, from_dict
-from pipeline.tuning.space import SearchSpace, apply_overrides
+from pipeline.config import PipelineConfig, from_dict, override
+from pipeline.tuning.space import SearchSpace, managed_values
 
 DRIVER_RESOURCE = "train_driver"  # custom resource of the head node (cluster/): one slot per concurrent trial
 TRIAL_RESOURCES = {"cpu": 0, DRIVER_RESOURCE: 1}  # a trial's driver; its Train workers ask for the real resources
@@ -35,15 +35,10 @@ class SearchContext:
 
     def trial_config(self, params: dict[str, Any], trial_id: str) -> PipelineConfig:
         """The base config varied by this trial's sampled params, with the search's own settings on top."""
-        managed = {
-            "train.epochs": self.max_epochs,
-            "train.steps": None,
-            "train.eval_every": "1 epoch",  # ASHA decides on every epoch's val mAP
-            "ray.name": trial_id,
-            "ray.storage_path": self.train_storage,
-            "mlflow.run_name": f"{self.name}/{trial_id}",
-        }
-        return apply_overrides(from_dict(self.base), {**self.space.overrides(params), **managed})
+        managed = managed_values(
+            max_epochs=self.max_epochs, trial_id=trial_id, train_storage=self.train_storage, search=self.name
+        )
+        return override(from_dict(self.base), {**self.space.overrides(params), **managed})
 
     def child_run_file(self, trial_id: str) -> Path:
         return Path(self.meta_dir) / "trials" / f"{trial_id}.json"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
-from pipeline.tuning.space import apply_overrides, load_space
+from pipeline.config import ConfigError, load_config, override
+from pipeline.tuning.space import load_space
 
 REPO = Path(__file__).resolve().parents[2]
 SPACES = REPO / "tune_spaces"
@@ -39,7 +39,7 @@ def test_spaces_compose_and_every_key_keeps_its_source(base):
 def test_compound_phi_sets_backbone_width_depth_and_capped_resolution(base):
     space = load_space([SPACES / "compound.yaml"], base)
     for phi, backbone, width, depth in ((0, "tf_efficientnet_lite0", 64, 3), (2, "tf_efficientnet_lite2", 112, 5)):
-        config = apply_overrides(base, space.overrides({"phi": phi}))
+        config = override(base, space.overrides({"phi": phi}))
         resolved = config.model.resolve()
         assert (resolved.backbone, resolved.fpn_channels, resolved.fpn_repeats) == (backbone, width, depth)
         assert resolved.image_size == (256, 256)  # min(320/384/448, the file's cap of 256)
@@ -51,7 +51,7 @@ def test_lite_family_without_cap_keeps_official_resolution(tmp_path, base):
         tmp_path, "compound: {phi: {choice: [1, 3]}, family: lite}\nfixed: {model.pretrained_backbone: null}\n"
     )
     space = load_space([path], base)
-    config = apply_overrides(base, space.overrides({"phi": 3}))
+    config = override(base, space.overrides({"phi": 3}))
     assert config.model.variant == "lite3" and config.model.resolve().image_size == (512, 512)
 
 
@@ -106,5 +106,5 @@ def test_sampled_numpy_values_become_plain_config_values(tmp_path, base):
     import numpy as np
 
     space = load_space([write(tmp_path, "space: {model.fpn_repeats: {randint: [1, 3]}}")], base)
-    config = apply_overrides(base, space.overrides({"model.fpn_repeats": np.int64(2)}))
+    config = override(base, space.overrides({"model.fpn_repeats": np.int64(2)}))
     assert config.model.fpn_repeats == 2 and type(config.model.fpn_repeats) is int
