@@ -24,6 +24,30 @@ class CheckpointError(RuntimeError):
 
 
 @dataclass
+class BestEval:
+    """The best evaluation so far (by `metric`): where it happened, its metrics and a CPU copy of its eval weights."""
+
+    step: int  # optimizer step of the evaluation
+    epoch: float  # the same in epochs
+    value: float  # of `metric`
+    metrics: dict[str, float]
+    weights: dict[str, torch.Tensor]
+    metric: str = "val_AP"
+
+
+@dataclass(frozen=True)
+class ChosenWeights:
+    """The weights a checkpoint deploys, with the validation metrics and epoch that belong to them."""
+
+    weights: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    epoch: float
+
+
+WEIGHT_CHOICES = ("best", "last")
+
+
+@dataclass
 class TrainState:
     """Everything needed to continue a run where it stopped (`position`; `epoch` = epochs completed)."""
 
@@ -36,12 +60,21 @@ class TrainState:
     scheduler: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # of the last completed epoch
-    best: dict[str, Any] = field(default_factory=dict)  # {"step", "epoch", "metric", "value", ...} of the best so far
+    best: BestEval | None = None  # None until an evaluation has run
     position: dict[str, int] | None = None  # `stream.Position` (step, epoch, batch); None in epoch-only checkpoints
 
     def eval_weights(self) -> dict[str, torch.Tensor]:
         """The weights to evaluate/deploy: the EMA when there is one."""
         return self.ema["module"] if self.ema else self.model
+
+    def chosen(self, which: str = "best") -> ChosenWeights:
+        """The one "best or last" rule: the best evaluation's weights and metrics when asked for and there is
+        one, else the last epoch's eval (EMA) weights and metrics."""
+        if which not in WEIGHT_CHOICES:
+            raise ValueError(f"weights={which!r} not supported; choose one of {list(WEIGHT_CHOICES)}")
+        if which == "best" and self.best is not None:
+            return ChosenWeights(self.best.weights, dict(self.best.metrics), self.best.epoch)
+        return ChosenWeights(self.eval_weights(), dict(self.metrics), self.epoch)
 
 
 def _plain(value: Any) -> Any:
@@ -65,7 +98,8 @@ def save_checkpoint(state: TrainState, directory: str | os.PathLike) -> Path:
     """Write `state` into `directory/checkpoint.pt` atomically (tmp file + rename); returns the file."""
     out_dir = Path(directory)
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = _plain({"format_version": FORMAT_VERSION, **state.__dict__})
+    best = vars(state.best) if state.best is not None else None  # stored as a plain dict: weights_only loads it
+    payload = _plain({"format_version": FORMAT_VERSION, **vars(state), "best": best})
     target = out_dir / CHECKPOINT_FILE
     tmp = out_dir / f".{CHECKPOINT_FILE}.tmp"
     torch.save(payload, tmp)
@@ -98,4 +132,9 @@ def load_checkpoint(path: str | os.PathLike) -> TrainState:
         )
     payload.pop("format_version")
     known = set(TrainState.__dataclass_fields__)
-    return TrainState(**{k: v for k, v in payload.items() if k in known})
+    state = {k: v for k, v in payload.items() if k in known}
+    try:
+        state["best"] = BestEval(**state["best"]) if state.get("best") else None
+    except TypeError as e:
+        raise CheckpointError(f"{file}: unreadable best-evaluation record: {e}") from None
+    return TrainState(**state)

@@ -47,11 +47,9 @@ def ensure_dataset(data: DataConfig) -> Path:
 
 def schedule_for(config: PipelineConfig, inputs: Inputs):
     """The run's `Schedule`, from this rank's loader (every rank has as many batches)."""
-    from pipeline.training.schedule import resolve_schedule
+    from pipeline.training.schedule import optimizer_steps, resolve_schedule
 
-    steps = -(
-        -len(inputs.train_loader) // config.train.grad_accum_steps
-    )  # ceil: the last step of an epoch may be short
+    steps = optimizer_steps(len(inputs.train_loader), config.train.grad_accum_steps)
     return resolve_schedule(config.train, config.optim, steps)
 
 

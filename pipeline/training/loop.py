@@ -14,18 +14,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from pipeline.config import PipelineConfig, to_dict
-from pipeline.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from pipeline.training.checkpoint import BestEval, TrainState, load_checkpoint, save_checkpoint
 from pipeline.training.ema import ModelEma
 from pipeline.training.evaluate import evaluate
 from pipeline.training.optim import build_optimizer, build_scheduler, clip_gradients, scaled_lr
-from pipeline.training.schedule import Schedule
+from pipeline.training.schedule import Schedule, optimizer_steps
 from pipeline.training.stream import BatchStream, Position
 
 BEST_METRIC = "val_AP"
@@ -49,7 +48,7 @@ class Trainer:
     device: torch.device
     label_map: dict[str, list]
     schedule: Schedule
-    best: dict[str, Any]
+    best: BestEval | None
     position: Position
 
     def eval_model(self) -> nn.Module:
@@ -98,7 +97,7 @@ def build_trainer(
     scheduler = build_scheduler(optimizer, config.optim, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16" and device.type == "cuda")
     trainer = Trainer(
-        config, model, train_module, optimizer, scheduler, scaler, ema, device, label_map, schedule, {}, Position()
+        config, model, train_module, optimizer, scheduler, scaler, ema, device, label_map, schedule, None, Position()
     )
     if resume is not None:
         _restore(trainer, resume)
@@ -114,7 +113,7 @@ def _restore(trainer: Trainer, state: TrainState) -> None:
         trainer.scheduler.load_state_dict(state.scheduler)
     if state.scaler:
         trainer.scaler.load_state_dict(state.scaler)
-    trainer.best = dict(state.best)
+    trainer.best = state.best
     if state.position:
         trainer.position = Position(**state.position)
     else:  # a checkpoint of the epoch-only format: it was taken at the end of epoch `state.epoch`
@@ -223,17 +222,17 @@ def maybe_inject_fault(config: PipelineConfig, epoch: int) -> None:
 def update_best(trainer: Trainer, metrics: dict[str, float]) -> bool:
     """Keep a CPU copy of the eval weights of the best evaluation so far (by val AP); True when this one is best."""
     value = metrics.get(BEST_METRIC)
-    if value is None or (trainer.best and value <= trainer.best["value"]):
+    if value is None or (trainer.best is not None and value <= trainer.best.value):
         return False
     weights = {k: v.detach().cpu().clone() for k, v in trainer.eval_model().state_dict().items()}
-    trainer.best = {
-        "step": trainer.position.step,
-        "epoch": metrics["epoch"],
-        "metric": BEST_METRIC,
-        "value": float(value),
-        "metrics": dict(metrics),
-        "weights": weights,
-    }
+    trainer.best = BestEval(
+        step=trainer.position.step,
+        epoch=metrics["epoch"],
+        value=float(value),
+        metrics=dict(metrics),
+        weights=weights,
+        metric=BEST_METRIC,
+    )
     return True
 
 
@@ -249,7 +248,7 @@ def make_state(trainer: Trainer, metrics: dict[str, float]) -> TrainState:
         scheduler=trainer.scheduler.state_dict(),
         scaler=trainer.scaler.state_dict(),
         metrics=dict(metrics),
-        best=dict(trainer.best),
+        best=trainer.best,
         position=trainer.position.as_dict(),
     )
 
@@ -269,9 +268,9 @@ def run_schedule(
         trainer.position,
         on_epoch_start=lambda epoch: maybe_inject_fault(trainer.config, epoch + 1),
     )
-    assert stream.batches_per_epoch and -(-stream.batches_per_epoch // stream.accum) == schedule.steps_per_epoch, (
-        "the loader and the schedule disagree on the steps per epoch"
-    )
+    assert (
+        stream.batches_per_epoch and optimizer_steps(stream.batches_per_epoch, stream.accum) == schedule.steps_per_epoch
+    ), "the loader and the schedule disagree on the steps per epoch"
     metrics: dict[str, float] = {}
     for point in schedule.eval_points():
         if point <= trainer.position.step:
@@ -301,6 +300,7 @@ def fit(
     """
     from pipeline.training.inputs import build_loaders, ensure_dataset, schedule_for
 
+    torch.manual_seed(config.train.seed)  # the same initial weights as every Ray worker of the same config gets
     ensure_dataset(config.data)
     data = build_loaders(config)
     last_dir = Path(checkpoint_dir) / "last"

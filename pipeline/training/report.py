@@ -23,16 +23,15 @@ class FinalReport:
 
 def best_state(last: TrainState) -> TrainState:
     """A deployable checkpoint of the best evaluation: its eval (EMA) weights, no optimizer state."""
-    best = last.best
-    weights = best.get("weights") if best else None
-    metrics = dict(best.get("metrics", {})) if weights is not None else dict(last.metrics)
+    chosen = last.chosen("best")
+    epoch = int(chosen.metrics.get("epoch", chosen.epoch))
     return TrainState(
-        epoch=int(metrics.get("epoch", last.epoch)),
-        model=weights if weights is not None else last.eval_weights(),
+        epoch=epoch,
+        model=chosen.weights,
         config=last.config,
         label_map=last.label_map,
-        metrics=metrics,
-        position={"step": int(metrics.get("step", 0)), "epoch": int(metrics.get("epoch", last.epoch)), "batch": 0},
+        metrics=chosen.metrics,
+        position={"step": int(chosen.metrics.get("step", 0)), "epoch": epoch, "batch": 0},
     )
 
 

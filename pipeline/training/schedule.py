@@ -8,16 +8,15 @@ report and checkpoint) comes every `train.eval_every` epochs or steps, and alway
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from pipeline.config import ConfigError, OptimConfig, TrainConfig
+from pipeline.config_sections import parse_eval_every
 
 AUTO_EPOCHS = 8  # fine-tuning from an ImageNet backbone: 8 passes (the demo reaches val AP 0.5 in 8, README)
 MIN_STEPS = 300  # fewer optimizer steps than this learn little, however small the dataset
 MAX_EPOCHS = 200  # more passes over a tiny dataset only memorise it
 AUTO_EVALUATIONS = 6  # `eval_every: auto`: about this many evaluations per run, at whole epochs when epochs are short
-EVAL_EVERY_PATTERN = re.compile(r"^\s*(\d+)\s*(epochs?|steps?)?\s*$")
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,11 @@ def steps_per_epoch(num_train_images: int, batch_size: int, world_size: int, gra
     and an optimizer step takes `grad_accum_steps` of them (the last one of an epoch may take fewer)."""
     if num_train_images < 1:
         raise ConfigError("the training split has no images")
-    batches = math.ceil(num_train_images / (batch_size * world_size))
+    return optimizer_steps(math.ceil(num_train_images / (batch_size * world_size)), grad_accum_steps)
+
+
+def optimizer_steps(batches: int, grad_accum_steps: int) -> int:
+    """Optimizer steps of an epoch of `batches` batches per rank: ceil, the last step may accumulate fewer."""
     return math.ceil(batches / grad_accum_steps)
 
 
@@ -79,17 +82,6 @@ def _length(train: TrainConfig, steps_per_epoch: int) -> tuple[int, str]:
         f"{MAX_EPOCHS} epochs, instead of {AUTO_EPOCHS} epochs ({by_epochs} steps); set train.epochs or train.steps "
         "to change it"
     )
-
-
-def parse_eval_every(value: str) -> tuple[int, str] | None:
-    """`"3"`, `"3 epochs"`, `"500 steps"` -> (count, "epochs" | "steps"); `"auto"` -> None. ValueError otherwise."""
-    if value.strip() == "auto":
-        return None
-    match = EVAL_EVERY_PATTERN.match(value)
-    if not match or int(match.group(1)) < 1:
-        raise ValueError("must be auto, a number of epochs, or e.g. '2 epochs' / '500 steps' (>= 1)")
-    unit = match.group(2) or "epochs"
-    return int(match.group(1)), "steps" if unit.startswith("step") else "epochs"
 
 
 def _eval_period(eval_every: str, steps_per_epoch: int, total: int) -> int:

@@ -47,7 +47,7 @@ def _best_metrics(data: Path, size: int, steps: int, out: Path) -> dict[str, flo
         state = fit(config, out)
     finally:
         torch.set_num_threads(threads)
-    return state.best["metrics"]
+    return state.best.metrics
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ def tiny_model(seed: int = 0) -> E.EfficientDet:
 
 def tiny_state(seed: int, ap: float):
     """A training checkpoint (TrainState) of `tiny_model(seed)` as the training loop writes it."""
-    from pipeline.training.checkpoint import TrainState
+    from pipeline.training.checkpoint import BestEval, TrainState
 
     model = tiny_model(seed)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
@@ -51,7 +51,7 @@ def tiny_state(seed: int, ap: float):
         config={"model": model_cfg},
         label_map=LABEL_MAP.to_dict(),
         metrics=metrics,
-        best={"epoch": 2, "metric": "val_AP", "value": ap, "metrics": metrics, "weights": weights},
+        best=BestEval(step=20, epoch=2, value=ap, metrics=metrics, weights=weights),
     )
 
 

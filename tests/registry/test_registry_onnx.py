@@ -59,7 +59,7 @@ def test_fitted_anchors_travel_from_checkpoint_to_registry_and_onnx(registry, tm
     registered model and its ONNX graph decode with; a default-anchor model would place every box elsewhere."""
     from effdet_core import generate_anchors
     from effdet_core.config import aspect_ratio_pairs
-    from pipeline.config import ModelConfig
+    from pipeline.config import from_dict
     from pipeline.registry import register_from_checkpoint
     from pipeline.registry.export import export_onnx
     from pipeline.training.checkpoint import save_checkpoint
@@ -67,9 +67,9 @@ def test_fitted_anchors_travel_from_checkpoint_to_registry_and_onnx(registry, tm
     anchors = {"anchor_scale": 1.682, "anchor_ratios": [0.25, 1.0, 4.0], "num_scales": 2, "max_level": 6}
     state = make_state(seed=5, ap=0.05)
     state.config["model"].update(anchors)  # the checkpoint's config dict, as training writes it (lists, not tuples)
-    model = ModelConfig(**state.config["model"]).build(3, pretrained=False)
+    model = from_dict({"model": state.config["model"]}).model.build(3, pretrained=False)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    state.model, state.best["weights"] = weights, weights
+    state.model, state.best.weights = weights, weights
     save_checkpoint(state, tmp_path / "ckpt")
     registration = register_from_checkpoint(
         tmp_path / "ckpt", "anchors", registry.uri, None, registry.fingerprint, measure_latency=False

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pipeline.config import OptimConfig, TrainConfig
-from pipeline.training.checkpoint import CheckpointError, TrainState, load_checkpoint, save_checkpoint
+from pipeline.training.checkpoint import BestEval, CheckpointError, TrainState, load_checkpoint, save_checkpoint
 from pipeline.training.ema import ModelEma
 from pipeline.training.optim import build_optimizer, build_scheduler, clip_gradients, param_groups
 from pipeline.training.schedule import resolve_schedule
@@ -33,14 +33,17 @@ def _state(**extra) -> TrainState:
 
 
 def test_checkpoint_round_trip(tmp_path):
-    state = _state(best={"epoch": 2, "value": 0.4, "weights": {"w": torch.ones(2)}})
+    best = BestEval(step=8, epoch=2.0, value=0.4, metrics={"val_AP": 0.4}, weights={"w": torch.ones(2)})
+    state = _state(best=best)
     save_checkpoint(state, tmp_path / "ckpt")
     loaded = load_checkpoint(tmp_path / "ckpt")
     assert loaded.epoch == 3 and loaded.metrics == {"val_AP": 0.5}
     assert loaded.label_map == state.label_map
     for key, value in state.model.items():
         assert torch.equal(loaded.model[key], value)
-    assert torch.equal(loaded.best["weights"]["w"], torch.ones(2))
+    assert (loaded.best.step, loaded.best.epoch, loaded.best.value, loaded.best.metric) == (8, 2.0, 0.4, "val_AP")
+    assert torch.equal(loaded.best.weights["w"], torch.ones(2))
+    assert loaded.chosen("best").metrics == {"val_AP": 0.4} and loaded.chosen("last").metrics == {"val_AP": 0.5}
 
 
 class _Payload:

@@ -12,7 +12,6 @@ from mlflow.tracking import MlflowClient
 from pipeline import ray_train
 from pipeline.cli import train as train_cli
 from pipeline.config import replace
-from pipeline.registry.from_checkpoint import checkpoint_metrics
 from pipeline.training.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
@@ -67,7 +66,7 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(tiny_config):
     version = registry.get_model_version_by_alias("shapes", "champion")
     # MLflow 3.17 does not always fill ModelVersion.run_id for a models:/ source; the registry's tag does.
     assert version.tags["run_id"] == run.info.run_id
-    assert float(version.tags["val_AP50"]) == pytest.approx(checkpoint_metrics(best)["val_AP50"], abs=1e-6)
+    assert float(version.tags["val_AP50"]) == pytest.approx(best.chosen("best").metrics["val_AP50"], abs=1e-6)
 
 
 def test_crashed_worker_is_survived_and_costs_at_most_one_epoch(tiny_config, tmp_path):
