@@ -1,33 +1,48 @@
-"""EfficientDet: the model alone (torch + timm), every official variant D0-D7x and Lite0-4 plus custom scalings."""
+"""EfficientDet: the model alone (torch + timm), every official variant D0-D7x and Lite0-4 plus custom scalings.
 
-from .anchors import generate_anchors
-from .complexity import ModelCost, count_flops, count_parameters, latency_device, measure_latency_ms, model_cost
-from .config import VARIANTS, EfficientDetConfig, formula_scaling, get_config, scaled_config
-from .loss import LossConfig
-from .model import EfficientDet, create_model
-from .postprocess import PostprocessConfig
-from .weights import load_effdet_weights
-from .wrappers import EfficientDetForPrediction, EfficientDetForTraining, validate_targets
+Names resolve lazily (PEP 562): `from effdet_core.config import ...` (what configs need) does not import timm,
+torchvision or the network code; `from effdet_core import create_model` works as usual.
+"""
 
-__all__ = [
-    "VARIANTS",
-    "EfficientDet",
-    "EfficientDetConfig",
-    "EfficientDetForPrediction",
-    "EfficientDetForTraining",
-    "LossConfig",
-    "ModelCost",
-    "PostprocessConfig",
-    "count_flops",
-    "count_parameters",
-    "create_model",
-    "formula_scaling",
-    "generate_anchors",
-    "get_config",
-    "latency_device",
-    "load_effdet_weights",
-    "measure_latency_ms",
-    "model_cost",
-    "scaled_config",
-    "validate_targets",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "generate_anchors": "anchors",
+    "ModelCost": "complexity",
+    "count_flops": "complexity",
+    "count_parameters": "complexity",
+    "latency_device": "complexity",
+    "measure_latency_ms": "complexity",
+    "model_cost": "complexity",
+    "VARIANTS": "config",
+    "EfficientDetConfig": "config",
+    "formula_scaling": "config",
+    "get_config": "config",
+    "scaled_config": "config",
+    "LossConfig": "config",
+    "EfficientDet": "model",
+    "create_model": "model",
+    "PostprocessConfig": "postprocess",
+    "load_effdet_weights": "weights",
+    "EfficientDetForPrediction": "wrappers",
+    "EfficientDetForTraining": "wrappers",
+    "validate_targets": "wrappers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

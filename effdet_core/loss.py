@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from .assign import Assignment
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    alpha: float = 0.25
-    gamma: float = 1.5
-    delta: float = 0.1  # Huber transition point, in box-code units
-    box_loss_weight: float = 50.0
-    label_smoothing: float = 0.0
-    match_threshold: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not 0 < self.alpha < 1 or self.gamma < 0 or self.delta <= 0 or self.box_loss_weight < 0:
-            raise ValueError(f"invalid loss settings {self}")
-        if not 0 <= self.label_smoothing < 1 or not 0 < self.match_threshold <= 1:
-            raise ValueError(f"invalid loss settings {self}")
+from .config import LossConfig  # noqa: F401 (the loss settings live with the other configs)
 
 
 def flatten_outputs(outputs: list[torch.Tensor], per_anchor: int) -> torch.Tensor:

@@ -218,12 +218,7 @@ def runtime_env(install: bool = True, env_vars: dict[str, str] | None = None, wo
     """
     env: dict[str, Any] = {"working_dir": str(working_dir), "excludes": list(WORKING_DIR_EXCLUDES)}
     if install:
-        env["uv"] = {
-            "packages": pinned_requirements(working_dir / "pyproject.toml"),
-            "uv_check": False,
-            # Ray's default plus byte-compilation: every worker process of the job imports torch from the clone
-            "uv_pip_install_options": ["--no-cache", "--compile-bytecode"],
-        }
+        env["uv"] = {"packages": pinned_requirements(working_dir / "pyproject.toml"), "uv_check": False}
     env["env_vars"] = {**STOP_GRACE_ENV, **(env_vars or {})}
     return env
 

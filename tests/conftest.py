@@ -22,3 +22,21 @@ def _isolate_mlflow_globals():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture
+def check_plot():
+    """`check_plot(path)`: the file is a PNG of at least 300 px across with something drawn on it (a real share of
+    dark pixels on a light background), not merely a file that exists or is large."""
+
+    def check(path, min_width: int = 300) -> None:
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] >= min_width, (path, image.format, image.size)
+            gray = np.asarray(image.convert("L"))
+        dark, light = (gray < 128).mean(), (gray > 200).mean()
+        assert 0.002 < dark < 0.5 and light > 0.3, f"{path}: {dark:.1%} dark, {light:.1%} light pixels"
+
+    return check

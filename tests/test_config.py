@@ -9,7 +9,7 @@ import pytest
 from pipeline.cli import main as cli_main
 from pipeline.config import ConfigError, PipelineConfig, flatten, load_config, save_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml"])
@@ -115,3 +115,38 @@ def test_gpu_only_settings_on_cpu_are_reported_not_silently_dropped():
     assert len(notes) == 2 and "train.amp=bf16" in notes[0] and "sync_bn" in notes[1]
     gpu = load_config(None, ["train.amp=bf16", "train.sync_bn=true", "ray.use_gpu=true"])
     assert gpu_only_settings_ignored(gpu) == []
+
+
+def test_precedence_is_yaml_then_set_then_command_flags(tmp_path):
+    """The same key from three places: the config file loses to `--set`, which loses to the command's own flag."""
+    import argparse
+
+    from pipeline.cli.common import train_config
+
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text("ray:\n  num_workers: 3\n  use_gpu: false\ntrain:\n  epochs: 7\n", encoding="utf-8")
+
+    def resolved(overrides: list[str], num_workers: int | None):
+        args = argparse.Namespace(config=str(config_file), overrides=overrides, num_workers=num_workers, use_gpu=False)
+        return train_config(args)
+
+    assert (resolved([], None).ray.num_workers, resolved([], None).train.epochs) == (3, 7)  # the YAML
+    with_set = resolved(["ray.num_workers=5", "train.epochs=2"], None)
+    assert (with_set.ray.num_workers, with_set.train.epochs) == (5, 2)  # --set beats the YAML
+    assert resolved(["ray.num_workers=5"], 1).ray.num_workers == 1  # --num-workers beats --set
+    assert resolved(["ray.num_workers=5", "ray.num_workers=4"], None).ray.num_workers == 4  # the last --set wins
+
+
+def test_every_change_goes_through_one_validated_override():
+    from pipeline.config import override, replace
+
+    base = load_config(None, ["train.epochs=3"])
+    changed = override(base, {"train.epochs": 5, "model.fpn_channels": 48})
+    assert (changed.train.epochs, changed.model.fpn_channels, base.train.epochs) == (5, 48, 3)
+    assert replace(base, train={"epochs": 5}, model={"fpn_channels": 48}) == changed
+    with pytest.raises(ConfigError, match=r"train.epochs=0: must be >= 1"):
+        override(base, {"train.epochs": 0})
+    with pytest.raises(ConfigError, match=r"override key 'epochs' must be section.key"):
+        override(base, {"epochs": 5})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['train.epoch'\]"):
+        override(base, {"train.epoch": 5})

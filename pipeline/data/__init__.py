@@ -1,42 +1,56 @@
 """Datasets: the dataset directory format, validation, importers, augmentation and loaders.
 
 See docs/ARCHITECTURE.md ("pipeline.data") for the item format shared with the training loop.
+
+Names resolve lazily (PEP 562): importing one submodule (e.g. `pipeline.data.augment_spec` for config checks)
+does not import albumentations, OpenCV or pycocotools.
 """
 
-from pipeline.data.coco_index import ImageRecord, load_coco, load_split
-from pipeline.data.dataset import DetectionDataset, collate_fn, to_original_coordinates
-from pipeline.data.layout import SPLITS, DatasetError, LabelMap, annotation_path, images_dir, load_label_map
-from pipeline.data.loader import DataLoaders, FullBatchDistributedSampler, ShardedEvalSampler, build_dataloaders
-from pipeline.data.synth import ensure_synthetic_dataset, write_synthetic_dataset
-from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentOptions, DetectionTransform
-from pipeline.data.validate import Problem, ValidationReport, validate_dataset
-from pipeline.data.voc import import_voc
+from __future__ import annotations
 
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "SPLITS",
-    "AugmentOptions",
-    "DataLoaders",
-    "DatasetError",
-    "DetectionDataset",
-    "DetectionTransform",
-    "FullBatchDistributedSampler",
-    "ImageRecord",
-    "LabelMap",
-    "Problem",
-    "ShardedEvalSampler",
-    "ValidationReport",
-    "annotation_path",
-    "build_dataloaders",
-    "collate_fn",
-    "ensure_synthetic_dataset",
-    "images_dir",
-    "import_voc",
-    "load_coco",
-    "load_label_map",
-    "load_split",
-    "to_original_coordinates",
-    "validate_dataset",
-    "write_synthetic_dataset",
-]
+import importlib
+from typing import Any
+
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "ImageRecord": "coco_index",
+    "load_coco": "coco_index",
+    "load_split": "coco_index",
+    "DetectionDataset": "dataset",
+    "collate_fn": "dataset",
+    "to_original_coordinates": "dataset",
+    "SPLITS": "layout",
+    "DatasetError": "layout",
+    "LabelMap": "layout",
+    "annotation_path": "layout",
+    "images_dir": "layout",
+    "load_label_map": "layout",
+    "DataLoaders": "loader",
+    "FullBatchDistributedSampler": "loader",
+    "ShardedEvalSampler": "loader",
+    "build_dataloaders": "loader",
+    "ensure_synthetic_dataset": "synth",
+    "write_synthetic_dataset": "synth",
+    "IMAGENET_MEAN": "transforms",
+    "IMAGENET_STD": "transforms",
+    "AugmentOptions": "transforms",
+    "DetectionTransform": "transforms",
+    "Problem": "validate",
+    "ValidationReport": "validate",
+    "validate_dataset": "validate",
+    "import_voc": "voc",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from effdet_core import EfficientDetConfig, LossConfig
 from effdet_core.anchors import anchor_shapes, feature_sizes, octave_scales
-from effdet_core.config import aspect_ratio_pairs
+from effdet_core.config import EfficientDetConfig, LossConfig, aspect_ratio_pairs
 
 MATCH_IOU = LossConfig().match_threshold  # the assignment's positive threshold
 MAX_BOXES = 20000  # boxes measured: a seeded sample beyond this (the statistics do not need more)

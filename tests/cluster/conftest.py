@@ -1,5 +1,5 @@
 """Fixtures of the cluster tests: a real `ray start --head` on 127.0.0.1 with token authentication, a simulated
-two-node cluster (`ray.cluster_utils.Cluster`), and the tiny training config of tests/train.
+two-node cluster (`ray.cluster_utils.Cluster`), and the tiny training config of tests/training.
 
 Every Ray process started here is stopped by its process group or its PID, never with `ray stop` (which would end
 every Ray on the machine).
@@ -30,8 +30,8 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def _load_train_fixtures():
-    """tests/train/conftest.py's tiny-run settings and fixtures, reused rather than copied."""
-    spec = importlib.util.spec_from_file_location("train_fixtures", ROOT / "tests" / "train" / "conftest.py")
+    """tests/training/conftest.py's tiny-run settings and fixtures, reused rather than copied."""
+    spec = importlib.util.spec_from_file_location("train_fixtures", ROOT / "tests" / "training" / "conftest.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -5,6 +5,7 @@ and the errors a user sees for a missing, rejected or unreadable token and an un
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -36,13 +37,31 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def wait_for_status(address: str, job_id: str, wanted: set[str], timeout_s: float = 120) -> str:
-    deadline = time.time() + timeout_s
-    while True:
-        status = jobs.status(address, job_id)["status"]
-        if status in wanted or time.time() > deadline:
-            return status
-        time.sleep(1)
+def wait_for_log_line(address: str, job_id: str, needle: str, timeout_s: float = 600) -> None:
+    """Until the job's log holds `needle`, read from Ray's log stream as it is written (an event, not a poll)."""
+    client = jobs.connect(address)
+
+    async def tail() -> None:
+        seen = ""
+        async for chunk in client.tail_job_logs(job_id):
+            seen += chunk
+            if needle in seen:
+                return
+        raise AssertionError(f"job {job_id} ended without logging {needle!r}:\n{seen[-3000:]}")
+
+    asyncio.run(asyncio.wait_for(tail(), timeout_s))
+
+
+def status_once_ended(address: str, job_id: str, timeout_s: float = 300) -> str:
+    """The job's status once its log stream closes, which Ray does when the job ends."""
+    client = jobs.connect(address)
+
+    async def drain() -> None:
+        async for _ in client.tail_job_logs(job_id):
+            pass
+
+    asyncio.run(asyncio.wait_for(drain(), timeout_s))
+    return jobs.status(address, job_id)["status"]
 
 
 @pytest.fixture
@@ -90,16 +109,18 @@ def test_stop_ends_a_running_job_and_its_mlflow_run_is_closed(ray_head, client_e
     long_run = ["--", "train", "--config", str(config_file), "--set", "train.epochs=50"]
     code, _, err = cli(capsys, "submit", *address, "--job-id", job_id, *long_run)
     assert code == 0, err
-    assert wait_for_status(ray_head.address, job_id, {"RUNNING", "FAILED", "SUCCEEDED"}) == "RUNNING"
-    run_id = _first_epoch_logged(tracking_uri, timeout=180)  # stopped mid-training, not during start-up
+    wait_for_log_line(ray_head.address, job_id, "(epoch 1)")  # stopped mid-training, not during start-up
+    client = MlflowClient(tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")][:1] == [2]  # epoch 1 logged
 
     code, stopped, _ = cli(capsys, "submit", "stop", job_id, *address)
     assert code == 0 and f"stop requested for {job_id}" in stopped
-    assert wait_for_status(ray_head.address, job_id, {"STOPPED", "FAILED", "SUCCEEDED"}, 60) == "STOPPED"
+    assert status_once_ended(ray_head.address, job_id) == "STOPPED"
     _, again, _ = cli(capsys, "submit", "stop", job_id, *address)
     assert "had already ended: STOPPED" in again
     # SIGTERM reached the job as an interruption (within RAY_JOB_STOP_WAIT_TIME_S): its run is closed, not RUNNING
-    assert MlflowClient(tracking_uri).get_run(run_id).info.status == "KILLED"
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
 
 
 def test_a_job_whose_python_lacks_the_dependencies_fails_saying_which(ray_head, client_env, tiny_config_file, capsys):
@@ -115,19 +136,6 @@ def test_a_job_whose_python_lacks_the_dependencies_fails_saying_which(ray_head, 
     assert "cannot import the project's dependencies (missing: torch," in followed
     code, status, _ = cli(capsys, "submit", "status", job_id, *address)
     assert code == 0 and "FAILED" in status and "missing: torch," in status and "submit without --no-install" in status
-
-
-def _first_epoch_logged(tracking_uri: str, timeout: float) -> str:
-    """The id of the store's one run, once it has logged epoch 1."""
-    client = MlflowClient(tracking_uri)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        experiment = client.get_experiment_by_name("tests")
-        runs = client.search_runs([experiment.experiment_id]) if experiment else []
-        if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
-            return runs[0].info.run_id
-        time.sleep(1)
-    raise AssertionError(f"no epoch logged in {tracking_uri} within {timeout:.0f} s")
 
 
 def test_token_errors_say_what_to_do(ray_head, client_env, monkeypatch, tmp_path, capsys):

@@ -77,13 +77,12 @@ def test_voc_round_trip(tmp_path, layout):
 def test_voc_import_feeds_the_dataset(tmp_path):
     import_voc(write_voc(tmp_path / "voc"), tmp_path / "out", val_fraction=0.4, seed=3)
     assert load_label_map(tmp_path / "out").names == ("cat", "dog", "person")
-    dataset = DetectionDataset(tmp_path / "out", "train", DetectionTransform(64))
-    by_stem = {Path(r.path).stem: r for r in dataset.records}
-    if "b" in by_stem:  # the difficult object is a crowd region: left out of training
-        assert len(by_stem["b"].labels) == 0
-    if "a" in by_stem:
-        np.testing.assert_array_equal(by_stem["a"].boxes, [[0, 0, 20, 10], [29, 4, 60, 40]])
-        assert by_stem["a"].labels.tolist() == [1, 0]
+    splits = [DetectionDataset(tmp_path / "out", split, DetectionTransform(64)) for split in ("train", "val")]
+    by_stem = {Path(r.path).stem: r for dataset in splits for r in dataset.records}  # whichever split each fell in
+    assert {"a", "b"} <= set(by_stem)
+    assert len(by_stem["b"].labels) == 0  # the difficult object is a crowd region: left out of training
+    np.testing.assert_array_equal(by_stem["a"].boxes, [[0, 0, 20, 10], [29, 4, 60, 40]])
+    assert by_stem["a"].labels.tolist() == [1, 0]
 
 
 def test_split_is_reproducible_and_seeded(tmp_path):

@@ -145,10 +145,10 @@ def test_pr_curve_png_is_written(tmp_path):
     assert pixels.min() < 100  # something was drawn
 
 
-def test_no_predictions_scores_zero_and_still_plots(tmp_path):
+def test_no_predictions_scores_zero_and_still_plots(tmp_path, check_plot):
     metrics = evaluate_coco(ground_truth(), [], LABEL_MAP, pr_curve_path=tmp_path / "pr.png")
     assert metrics["AP"] == 0.0 and metrics["per_class_AP"] == {"cat": 0.0, "dog": 0.0, "bird": 0.0}
-    assert (tmp_path / "pr.png").is_file()
+    check_plot(tmp_path / "pr.png")
 
 
 def test_bad_predictions_are_rejected():

@@ -97,17 +97,24 @@ def test_a_run_stopped_inside_an_epoch_resumes_with_the_same_images_and_schedule
     crash as epoch 3 starts (step 8) resumes from step 6, two batches into epoch 2, and must train exactly the
     images and learning rates of the run that never stopped."""
     seen = _record_image_ids(monkeypatch)
-    base = replace(tiny_config, train={"epochs": None, "steps": 10, "eval_every": "3 steps"}, ray={"num_workers": 1})
+    base = replace(  # no augmentation: the only randomness is the sampler's, so the weights can match exactly
+        tiny_config,
+        data={"augment": "none"},
+        train={"epochs": None, "steps": 10, "eval_every": "3 steps"},
+        ray={"num_workers": 1},
+    )
     periods: list[tuple[int, float]] = []
+    val_ap: dict[int, float] = {}  # step -> val AP, of the run that crashes and resumes
 
     def record(trainer, metrics):
         periods.append((int(metrics["step"]), trainer.optimizer.param_groups[0]["lr"]))
+        val_ap[int(metrics["step"])] = metrics["val_AP"]
 
-    fit(base, tmp_path / "straight", on_period_end=record)
+    straight = fit(base, tmp_path / "straight", on_period_end=record)
     straight_ids, straight_periods = list(seen), list(periods)
     assert [p for p, _ in straight_periods] == [3, 6, 9, 10] and len(straight_ids) == 40
 
-    seen.clear(), periods.clear()
+    seen.clear(), periods.clear(), val_ap.clear()
     crashing = replace(base, train={"fault_marker": str(tmp_path / "fault"), "fault_epoch": 3})
     with pytest.raises(InjectedFault, match="epoch 3"):
         fit(crashing, tmp_path / "crash", on_period_end=record)
@@ -118,7 +125,10 @@ def test_a_run_stopped_inside_an_epoch_resumes_with_the_same_images_and_schedule
     assert before_crash[:24] + seen == straight_ids  # steps 7-10 after the resume: the same images, same order
     assert periods == straight_periods  # the same evaluation points and learning rates
     assert final.position == {"step": 10, "epoch": 2, "batch": 2} and "val_AP50" in final.metrics
-    assert final.best["step"] in (3, 6, 9, 10)
+    assert sorted(val_ap) == [3, 6, 9, 10]  # the resumed run re-evaluated nothing
+    for part in ("model", "ema", "optimizer"):  # the resumed run ends where the uninterrupted one did
+        _assert_same_tensors(final_part(final, part), final_part(straight, part), part)
+    assert final.best.step == max(val_ap, key=val_ap.get)  # the first evaluation with the highest AP, across resume
     deployable = best_state(final)
     assert deployable.optimizer is None and set(deployable.model) == set(final.model)
     line = format_progress(10, 10, final.metrics, eta_s=75)
@@ -159,3 +169,41 @@ def test_records_without_iscrowd_or_area_train_and_evaluate(tiny_config, tmp_pat
     final = fit(config, tmp_path / "ckpt")
     assert final.position["step"] == 2 and 0.0 <= final.metrics["val_AP50"] <= 1.0
     assert [p.soft_nms for p in postprocess_seen] == [True]  # validation scores soft-NMS detections by default
+
+
+def test_with_gradient_accumulation_the_schedule_is_as_long_as_the_steps_the_loop_takes(tiny_config, tmp_path):
+    """16 images, batch 4, one process: 4 batches per epoch; accumulating 3 makes 2 optimizer steps per epoch (the
+    second takes the one batch left), so 2 epochs are 4 steps, and the cosine schedule must end exactly there."""
+    config = replace(
+        tiny_config,
+        train={"grad_accum_steps": 3, "epochs": 2, "eval_every": "2 epochs"},
+        optim={"warmup_epochs": 0.0, "min_lr_ratio": 0.0},
+        ray={"num_workers": 1},
+    )
+    lrs: list[float] = []
+    final = fit(
+        config, tmp_path / "ckpt", on_period_end=lambda trainer, _: lrs.append(trainer.scheduler.get_last_lr()[0])
+    )
+    assert final.position == {"step": 4, "epoch": 1, "batch": 4}  # all 4 batches of the 2nd epoch (0-based 1)
+    assert final.scheduler["last_epoch"] == 4  # one scheduler step per optimizer step
+    assert lrs == [pytest.approx(0.0, abs=1e-12)]  # the cosine reached its floor on the run's last step, not before
+
+
+def final_part(state, part: str) -> dict:
+    return {"model": state.model, "ema": state.ema, "optimizer": state.optimizer}[part]
+
+
+def _assert_same_tensors(got, want, where: str) -> None:
+    """Nested dicts/lists of tensors and numbers, equal to the bit."""
+    if isinstance(want, dict):
+        assert set(got) == set(want), where
+        for key in want:
+            _assert_same_tensors(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list | tuple):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _assert_same_tensors(g, w, f"{where}[{i}]")
+    elif isinstance(want, torch.Tensor):
+        assert torch.equal(got, want), f"{where}: max difference {(got.float() - want.float()).abs().max():.3g}"
+    else:
+        assert got == want, (where, got, want)

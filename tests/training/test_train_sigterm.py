@@ -6,10 +6,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from child_process import ProcessOutput
 
 from pipeline.config import replace, save_config
 
@@ -22,25 +22,23 @@ def test_sigterm_closes_the_mlflow_run_as_killed(tiny_config, tmp_path):
 
     config = replace(tiny_config, train={"epochs": 30}, ray={"num_workers": 1})  # far longer than the test waits
     path = save_config(config, tmp_path / "job.yaml")
-    log_path = tmp_path / "job.log"
-    with open(log_path, "w") as log:
+    with open(tmp_path / "job.log", "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "run_pipeline.py", "train", "--config", str(path)],
             cwd=REPO,
-            stdout=log,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            text=True,
         )
+        out = ProcessOutput(proc, log)
         try:
-            deadline = time.time() + 240
-            while "(epoch 1)" not in log_path.read_text() and proc.poll() is None and time.time() < deadline:
-                time.sleep(0.5)
-            assert proc.poll() is None, log_path.read_text()[-3000:]
+            out.wait_for("(epoch 1)", timeout=600)  # the first evaluation's progress line: training is under way
             proc.send_signal(signal.SIGTERM)
-            returncode = proc.wait(timeout=120)
+            returncode = proc.wait(timeout=300)
         finally:
             if proc.poll() is None:
                 proc.kill()
-    output = log_path.read_text()
+        output = out.close()
     assert returncode == 130, output[-3000:]
     assert "interrupted: the MLflow run is marked KILLED" in output
     client = MlflowClient(config.mlflow.tracking_uri)
