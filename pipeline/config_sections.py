@@ -148,7 +148,7 @@ class ModelConfig:
             _choice("model.feature_network", self.feature_network, FEATURE_NETWORKS)
         _check(self.backbone is None or bool(self.backbone), "model.backbone", self.backbone, "must be a name or null")
         # divisibility by 2**max_level is effdet_core's rule (it allows the official uneven Lite sizes); it is
-        # checked against the real model config by `training.inputs.model_normalisation` before any training
+        # checked against the real model config by `pipeline.job.resolve_job` (and each worker) before any training
         _check(self.image_size is None or self.image_size > 0, "model.image_size", self.image_size, "must be > 0")
         _check(
             self.bn_momentum is None or 0 < self.bn_momentum <= 1,

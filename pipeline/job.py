@@ -22,6 +22,7 @@ from pipeline.uri import is_uri
 @dataclass(frozen=True)
 class ResolvedJob:
     config: PipelineConfig  # absolute paths; `auto` anchors replaced by fitted values
+    model: Any  # effdet_core.EfficientDetConfig of `config.model`, resolved once
     tracking_uri: str
     label_map: dict[str, list]
     images: dict[str, int]  # split -> images
@@ -67,11 +68,11 @@ def resolve_job(config: PipelineConfig) -> ResolvedJob:
     values fitted to the data (`auto` anchors), the schedule and the bounded augmentation."""
     from pipeline.data import load_label_map, validate_dataset
     from pipeline.data.analyze import UNCOVERED_WARNING, analyze, resolve_auto_anchors
-    from pipeline.training.inputs import ensure_dataset, model_normalisation
+    from pipeline.training.inputs import ensure_dataset
 
     config = absolute_paths(config)
     notes = gpu_only_settings_ignored(config)
-    model_normalisation(config)  # bad model overrides fail here, not in a worker
+    model = config.model.resolve()  # bad model overrides fail here, not in a worker
     uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri)
     tracking.check_tracking_store(uri)
     ensure_dataset(config.data)
@@ -80,8 +81,9 @@ def resolve_job(config: PipelineConfig) -> ResolvedJob:
     analysis = analyze(config)
     if config.model.needs_fit:
         config = resolve_auto_anchors(config, analysis)
-        notes.append(f"anchors fitted to the training boxes (auto): {describe(config.model.resolve())}")
-        analysis = analysis.for_model(config.model.resolve())  # the same boxes against the fitted anchors
+        model = config.model.resolve()
+        notes.append(f"anchors fitted to the training boxes (auto): {describe(model)}")
+        analysis = analysis.for_model(model)  # the same boxes against the fitted anchors
     nominal, jittered = analysis.nominal.covered, analysis.jittered.covered
     if 1 - jittered > UNCOVERED_WARNING:
         notes.append(
@@ -94,6 +96,7 @@ def resolve_job(config: PipelineConfig) -> ResolvedJob:
     )
     return ResolvedJob(
         config=config,
+        model=model,
         tracking_uri=uri,
         label_map=load_label_map(config.data.dir).to_dict(),
         images=dict(report.num_images),
@@ -108,12 +111,12 @@ def resolve_job(config: PipelineConfig) -> ResolvedJob:
 
 def header_lines(job: ResolvedJob, command: str = "train") -> list[str]:
     """The run header: what runs, on what, where, for how long (the full config: `--print-config` and MLflow)."""
+    import torch
+
     from effdet_core import count_parameters, create_model
     from pipeline.training.optim import scaled_lr
 
-    cfg = job.config
-    model = cfg.model.resolve()
-    import torch
+    cfg, model = job.config, job.model
 
     with torch.device("meta"):  # shapes only: no memory, no weights read
         params = count_parameters(create_model(model, num_classes=len(job.label_map["names"]))) / 1e6

@@ -7,9 +7,7 @@ import register_from_checkpoint` works as usual. Training calls `register_from_c
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from effdet_core.lazy import lazy_exports
 from pipeline.registry.errors import (  # noqa: F401 (re-exported; light enough to import eagerly)
     ArtifactError,
     ExportError,
@@ -47,16 +45,6 @@ _EXPORTS: dict[str, str] = {
     "register_model": "registry",
 }
 
-__all__ = sorted([*_EXPORTS, "ArtifactError", "ExportError", "ImageInputError", "PromotionRefused", "RegistryError"])
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'pipeline.registry' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"pipeline.registry.{_EXPORTS[name]}"), name)
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+_ERRORS = ("ArtifactError", "ExportError", "ImageInputError", "PromotionRefused", "RegistryError")
+__all__ = sorted([*_EXPORTS, *_ERRORS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, eager=_ERRORS)

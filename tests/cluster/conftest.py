@@ -131,13 +131,19 @@ def _linked_venv(temp_dir: Path) -> Path:
     """A venv whose site-packages entries are symlinks to this venv's: the same packages (and their bytecode), but
     Ray's uv runtime env clones it (`shutil.copytree`, links kept as links) in a second, where copying this venv's
     7 GB of CUDA torch takes 150 s on the 2-core CI machine. Its `bin/ray` is the console script on its own
-    interpreter, as `.venv/bin/ray` is on the project's."""
+    interpreter, as `.venv/bin/ray` is on the project's.
+
+    The `*.dist-info` folders are real copies: uv does not count a linked one as installed and would reinstall
+    every package through the links, into this venv (`_unchanged_sources` guards against that)."""
     venv = temp_dir / "venv"
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     source = Path(sysconfig.get_paths()["purelib"])
     target = venv / source.relative_to(sys.prefix)
     for entry in source.iterdir():
-        (target / entry.name).symlink_to(entry)
+        if entry.name.endswith(".dist-info"):
+            shutil.copytree(entry, target / entry.name)
+        else:
+            (target / entry.name).symlink_to(entry)
     (venv / "bin" / "uv").symlink_to(VENV_BIN / "uv")  # `python -m uv` runs the binary beside its interpreter
     ray_script = venv / "bin" / "ray"
     ray_script.write_text(
@@ -184,12 +190,22 @@ def ray_head():
     with open(log, "w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     head = RayHead(f"http://127.0.0.1:{dashboard_port}", token, temp_dir, log)
+    sources_before = _source_stamps()
     try:
         _wait_for_jobs_api(head.address, token, proc, log)
         yield head
     finally:
         _stop_process_group(proc, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+    assert _source_stamps() == sources_before, "a job's runtime env wrote into this venv through the linked venv"
+
+
+def _source_stamps() -> dict[str, int]:
+    """mtimes of a few big packages' sources in this venv: a reinstall through the links would change them (and
+    leave every byte-compiled file stale)."""
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    files = [purelib / "torch" / "__init__.py", purelib / "timm" / "__init__.py", purelib / "mlflow" / "__init__.py"]
+    return {str(f): f.stat().st_mtime_ns for f in files}
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ import json
 import math
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from tune_commands import tune_command
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -26,27 +26,8 @@ SEARCH = "lr-search"
 MODEL_NAME = "shapes-tune"
 
 
-def tune_command(root: Path, *extra: str) -> list[str]:
-    sets = [
-        f"data.dir={root / 'data'}",
-        "data.generate_if_missing=false",
-        "data.batch_size=8",
-        "model.fpn_repeats=1",
-        "model.head_repeats=1",
-        "optim.warmup_epochs=0",
-        f"train.output_dir={root / 'outputs'}",
-        f"ray.storage_path={root / 'ray'}",
-        f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}",
-        "mlflow.experiment=tune-tests",
-    ]
-    return [
-        sys.executable,
-        "run_pipeline.py",
-        "tune",
-        "--config",
-        "configs/smoke.yaml",
-        "--space",
-        str(root / "lr.yaml"),
+def search_command(root: Path, *extra: str) -> list[str]:
+    options = [
         "--num-samples",
         "1",
         "--max-epochs",
@@ -63,9 +44,10 @@ def tune_command(root: Path, *extra: str) -> list[str]:
         SEARCH,
         "--register",
         MODEL_NAME,
-        *[arg for s in sets for arg in ("--set", s)],
         *extra,
     ]
+    sets = ["data.batch_size=8", "optim.warmup_epochs=0", "mlflow.experiment=tune-tests"]
+    return tune_command(root, root / "lr.yaml", options, sets)
 
 
 def _wait_for_second_trial(proc: subprocess.Popen, runs: Path, timeout: float = 300) -> None:
@@ -92,7 +74,7 @@ def search(tmp_path_factory) -> SimpleNamespace:
     (root / "lr.yaml").write_text("space:\n  optim.lr: {grid: [0.64, 1.0e-6, 1.0e-7]}\n", encoding="utf-8")
     runs = root / "ray" / SEARCH / "train_runs"
     with open(root / "first.log", "w") as log:
-        proc = subprocess.Popen(tune_command(root), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(search_command(root), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_for_second_trial(proc, runs)
             proc.send_signal(signal.SIGTERM)
@@ -103,7 +85,7 @@ def search(tmp_path_factory) -> SimpleNamespace:
     first_trial = next(runs.glob("*_00000"))
     before = _snapshot(first_trial)
     second = subprocess.run(
-        tune_command(root, "--resume"), cwd=REPO, capture_output=True, text=True, timeout=600, check=False
+        search_command(root, "--resume"), cwd=REPO, capture_output=True, text=True, timeout=600, check=False
     )
     return SimpleNamespace(
         root=root,
@@ -211,7 +193,7 @@ def test_the_best_trial_is_registered_as_champion(search):
 
 
 def test_resume_with_a_different_search_is_refused(search):
-    command = tune_command(search.root, "--resume")
+    command = search_command(search.root, "--resume")
     command[command.index("--max-epochs") + 1] = "5"
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 1
