@@ -14,9 +14,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.registry.errors import PromotionRefused, RegistryError
+from pipeline.tracking import SQLITE_PREFIX
 
 if TYPE_CHECKING:  # torch and effdet_core load only where a model is built: `registry list` stays quick
     from effdet_core import EfficientDet, PostprocessConfig
@@ -141,6 +143,26 @@ def log_detector(
     return logged.model_id
 
 
+@contextmanager
+def promotion_lock(tracking_uri: str, name: str) -> Iterator[None]:
+    """Serialise "read the champion, decide, move the alias" between processes and threads that register versions
+    of `name` in the same SQLite store (an exclusive lock on a file beside the database): without it, two
+    registrations that both beat the old champion could both move the alias, the worse one last.
+
+    MLflow's registry has no compare-and-set, so a tracking server's store is not locked here: there the window is
+    one read and one write apart (note in docs/ARCHITECTURE.md)."""
+    if not tracking_uri.startswith(SQLITE_PREFIX):
+        yield
+        return
+    import fcntl
+
+    db = Path(tracking_uri[len(SQLITE_PREFIX) :])
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    with open(db.with_name(f".{db.name}.{safe}.champion.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def decide_promotion(candidate: Mapping[str, str], champion: Mapping[str, str] | None, force: bool = False) -> Decision:
     """Whether `champion` should move to `candidate` (both: version tags with val_AP and dataset_fingerprint)."""
     if champion is None:
@@ -226,15 +248,21 @@ def register_model(
     # resolves the models:/ source through the global URI, hence the context
     with using_tracking_uri(tracking_uri):
         version = c.create_model_version(name, f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id)
-    champion = alias_version(tracking_uri, name, CHAMPION)
-    decision = decide_promotion(tags, dict(champion.tags) if champion else None, force)
-    alias = CHAMPION if decision.promote else CHALLENGER
-    c.set_registered_model_alias(name, alias, version.version)
+    with promotion_lock(tracking_uri, name):  # read the champion, decide, move the alias: one step per store
+        champion = alias_version(tracking_uri, name, CHAMPION)
+        decision = decide_promotion(tags, dict(champion.tags) if champion else None, force)
+        alias = CHAMPION if decision.promote else CHALLENGER
+        c.set_registered_model_alias(name, alias, version.version)
     return Registration(name, str(version.version), f"models:/{name}/{version.version}", (alias,), decision)
 
 
 def promote(tracking_uri: str, name: str, version: str, alias: str = CHAMPION, force: bool = False) -> Decision:
     """Point `alias` at `version`; for `champion` only when it beats the current one (or `force`)."""
+    with promotion_lock(tracking_uri, name):
+        return _promote(tracking_uri, name, version, alias, force)
+
+
+def _promote(tracking_uri: str, name: str, version: str, alias: str, force: bool) -> Decision:
     mv = get_version(tracking_uri, f"{name}/{version}")
     decision = Decision(True, f"alias {alias!r} is not guarded")
     if alias == CHAMPION:

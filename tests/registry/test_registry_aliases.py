@@ -141,3 +141,62 @@ def test_registry_cli_list_show_promote(registry, capsys):
     assert main(["registry", "promote", registry.name, "1", "--alias", "baseline", "--tracking-uri", registry.uri]) == 0
     assert str(get_version(registry.uri, f"{registry.name}@baseline").version) == "1"
     client(registry.uri).delete_registered_model_alias(registry.name, "baseline")
+
+
+_RACER = """
+import sys, time
+from pathlib import Path
+
+import torch
+
+from effdet_core import create_model
+from pipeline.data import LabelMap
+from pipeline.registry import registry
+
+uri, fingerprint, ap, role, signals = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], Path(sys.argv[5])
+decide = registry.decide_promotion
+
+
+def decide_in_the_race(candidate, champion, force=False):
+    # the race made certain: "second" decides only after "first" has read the champion, and then slowly
+    if role == "first":
+        (signals / "first-decided").touch()
+    else:
+        deadline = time.time() + 15  # holding the lock, it waits in vain (first is blocked): then it goes on
+        while not (signals / "first-decided").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+    return decide(candidate, champion, force)
+
+
+registry.decide_promotion = decide_in_the_race
+torch.manual_seed(int(ap * 100))
+model = create_model("lite0", num_classes=3, image_size=128, fpn_channels=32, fpn_repeats=1, head_repeats=1)
+labels = LabelMap((1, 2, 3), ("circle", "square", "triangle"))
+metrics = {"val_AP": ap, "val_AP50": ap}
+print(registry.register_model(model, labels, "race", uri, metrics, fingerprint, measure_latency=False).aliases)
+"""
+
+
+@pytest.mark.slow
+def test_two_concurrent_registrations_leave_the_better_one_champion(registry, tmp_path):
+    """Two processes register versions of a new model at once; the better one (AP 0.9) reads the champion and moves
+    the alias while the worse one (0.8) is between its own read and its move. Unless "read, decide, move" is one
+    step per store, the worse one moves the alias last and stays champion."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, registry.uri, registry.fingerprint, ap, role, str(tmp_path)],
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for ap, role in (("0.9", "first"), ("0.8", "second"))
+    ]
+    outputs = [racer.communicate(timeout=300) for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert float(get_version(registry.uri, "race@champion").tags["val_AP"]) == pytest.approx(0.9)

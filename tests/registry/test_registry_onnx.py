@@ -91,3 +91,30 @@ def test_fitted_anchors_travel_from_checkpoint_to_registry_and_onnx(registry, tm
 
     want = decode(flatten_outputs(box_outputs, 4), expected)  # decoded with the fitted anchors
     np.testing.assert_allclose(boxes, want.numpy(), atol=1e-2, rtol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("variant", "size"),
+    [
+        ("d0", 256),  # a D-variant: BiFPN of 3 repeats at 64 channels, EfficientNet-B0 (256 px keeps the check short)
+        ("lite0", 320),  # the official uneven sizes: 320 / 2**7 and 448 / 2**7 are not whole, P6/P7 are ceil-halved
+        ("lite2", 448),
+    ],
+)
+def test_official_variants_export_and_match_pytorch(variant, size, tmp_path):
+    """Each exports with a dynamic batch and its ONNX Runtime outputs match PyTorch's for batches of 1 and 3 (the
+    export's own check, which raises otherwise), decoding over exactly the anchors of the uneven pyramid."""
+    from effdet_core import create_model, generate_anchors
+    from pipeline.registry.export import export_onnx
+
+    torch.manual_seed(0)
+    model = create_model(variant, num_classes=3, image_size=size).eval()
+    report = export_onnx(model, tmp_path / f"{variant}.onnx")
+    assert report.batch_sizes_checked == (1, 3) and set(report.max_abs_diff) == {"boxes", "scores"}
+    graph = onnx.load(str(report.path))
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    boxes, scores = session.run(["boxes", "scores"], {"images": np.zeros((2, 3, size, size), np.float32)})
+    anchors = generate_anchors(model.config, (size, size))
+    assert boxes.shape == (2, len(anchors), 4) and scores.shape == (2, len(anchors), 3)

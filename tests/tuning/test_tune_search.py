@@ -192,9 +192,18 @@ def test_the_best_trial_is_registered_as_champion(search):
     assert float(version.tags["val_AP"]) == pytest.approx(rows["00000"]["val_AP"], rel=1e-4)
 
 
-def test_resume_with_a_different_search_is_refused(search):
+def test_resume_with_a_different_search_is_refused(search, monkeypatch, capsys):
+    """In this process (the refusal comes before Ray starts, which `ray.init` failing would show)."""
+    import ray
+
+    from pipeline.cli import main
+
+    def refuse_ray(*args, **kwargs):
+        raise AssertionError("Ray must not start for a refused --resume")
+
+    monkeypatch.setattr(ray, "init", refuse_ray)
+    monkeypatch.chdir(REPO)
     command = search_command(search.root, "--resume")
     command[command.index("--max-epochs") + 1] = "5"
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 1
-    assert "--resume: this command's options differ from the search's" in result.stderr
+    assert main(command[2:]) == 1  # without `python run_pipeline.py`
+    assert "--resume: this command's options differ from the search's" in capsys.readouterr().err
