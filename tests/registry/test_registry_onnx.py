@@ -110,7 +110,10 @@ def test_official_variants_export_and_match_pytorch(variant, size, tmp_path):
 
     torch.manual_seed(0)
     model = create_model(variant, num_classes=3, image_size=size).eval()
-    report = export_onnx(model, tmp_path / f"{variant}.onnx")
+    # Random weights put box codes far outside a trained model's range, and exp() in the decoding turns the last
+    # float32 bits of a deep backbone (ONNX Runtime's kernels vs PyTorch's, which differ by thread count) into a few
+    # hundredths of a pixel (0.034 px measured for Lite2 at 448); a misplaced anchor costs a stride, 8 px or more.
+    report = export_onnx(model, tmp_path / f"{variant}.onnx", tolerances={"boxes": (0.25, 1e-3)})
     assert report.batch_sizes_checked == (1, 3) and set(report.max_abs_diff) == {"boxes", "scores"}
     graph = onnx.load(str(report.path))
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
