@@ -33,11 +33,13 @@ class ProcessOutput:
 
     def wait_for(self, needle: str, timeout: float) -> None:
         """Until a line containing `needle` was printed; AssertionError if the process ended or `timeout` passed."""
+
+        def printed() -> bool:
+            return any(line is not None and needle in line for line in self.lines)
+
         with self._changed:
-            found = self._changed.wait_for(
-                lambda: any(line is None or needle in line for line in self.lines), timeout=timeout
-            )
-            if not found or self.lines[-1] is None and not any(line and needle in line for line in self.lines):
+            self._changed.wait_for(lambda: printed() or self.lines[-1:] == [None], timeout=timeout)
+            if not printed():
                 raise AssertionError(f"no line with {needle!r} (exit code {self.proc.poll()}):\n{self.text[-3000:]}")
 
     def close(self) -> str:
