@@ -113,7 +113,9 @@ def _wait_for_jobs_api(address: str, token: str, proc: subprocess.Popen, log: Pa
             urllib.request.urlopen(request, timeout=5).read()
             return
         except OSError:
-            if proc.poll() is not None or time.time() > deadline:
+            # `ray start --block` outlives a dashboard that failed to start: its log line ends the wait at once
+            failed = "failed with the following error" in log.read_text()
+            if failed or proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"ray head did not start:\n{log.read_text()[-4000:]}") from None
             time.sleep(1)
 
