@@ -1,8 +1,9 @@
 """Training-pipeline throughput: decoded, augmented, collated images per second per worker process.
 
-Writes the synthetic demo dataset (JPEGs at ``--source-size``) to a temporary directory and times
-the training DataLoader (read + decode + scale jitter/crop/flip/colour + normalise + collate) at
-``--size`` px for each ``--workers`` count. Example::
+First the decoders alone, one core, on a JPEG of each ``--decode-sides`` (PIL, OpenCV, torchvision.io, and
+simplejpeg at full size and at the size a model of that side needs, which is what the loader uses). Then the
+training DataLoader (read + decode + scale jitter/crop/flip/colour + normalise + collate) on the synthetic demo
+dataset (JPEGs at ``--source-size``) at ``--size`` px for each ``--workers`` count. Example::
 
     python benchmarks/bench_data.py --size 512 --images 96 --workers 0 1 2
 """
@@ -10,12 +11,15 @@ the training DataLoader (read + decode + scale jitter/crop/flip/colour + normali
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -30,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts")
     parser.add_argument("--repeats", type=int, default=2, help="timed epochs per worker count (best is kept)")
+    parser.add_argument("--decode-sides", type=int, nargs="*", default=[512, 1024, 4000], help="JPEG sides to decode")
     return parser.parse_args(argv)
 
 
@@ -54,9 +59,58 @@ def time_loader(dataset_dir: Path, args: argparse.Namespace, workers: int) -> fl
     return best
 
 
+def _photo_jpeg(side: int) -> bytes:
+    """A 4:3 photo-like JPEG (gradients, noise) whose long side is `side`, quality 90."""
+    rng = np.random.default_rng(0)
+    height = side * 3 // 4
+    y, x = np.mgrid[0:height, 0:side]
+    image = np.stack([x * 255 // side, y * 255 // height, (x + y) * 127 // side], -1)
+    image = (image + rng.normal(0, 12, image.shape)).clip(0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _rate(fn, seconds: float = 1.5) -> float:
+    fn()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def decoder_rates(side: int, model_side: int) -> dict[str, float]:
+    """Images/s of each decoder on one core, for a JPEG of long side `side`."""
+    import cv2
+    import torchvision.io
+
+    from pipeline.data import DetectionTransform
+    from pipeline.data.decode import decode_rgb
+
+    data = _photo_jpeg(side)
+    array, tensor = np.frombuffer(data, np.uint8), torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    height = side * 3 // 4
+    need = DetectionTransform(model_side, train=True).min_source_size(height, side)  # default jitter
+    return {
+        "PIL": _rate(lambda: np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))),
+        "OpenCV": _rate(lambda: cv2.cvtColor(cv2.imdecode(array, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)),
+        "torchvision.io": _rate(lambda: torchvision.io.decode_jpeg(tensor).permute(1, 2, 0).numpy()),
+        "simplejpeg": _rate(lambda: decode_rgb(data)),
+        f"simplejpeg for {model_side} px (ours)": _rate(lambda: decode_rgb(data, need)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)  # the loader's work is per process; keep the main process from competing
+    import cv2
+
+    cv2.setNumThreads(1)
+    for side in args.decode_sides:
+        rates = decoder_rates(side, args.size)
+        print(f"decode {side}x{side * 3 // 4} JPEG, one core: " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()))
+        print(f"  ours/PIL: x{rates[f'simplejpeg for {args.size} px (ours)'] / rates['PIL']:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         dataset_dir = Path(tmp) / "bench"
         write_synthetic_dataset(dataset_dir, args.images + 2, args.source_size, seed=0, val_fraction=0.02)

@@ -19,6 +19,7 @@ REQUIRED_MODULES: dict[str, str] = {
     "pyyaml": "yaml",
     "safetensors": "safetensors",
     "pillow": "PIL",
+    "simplejpeg": "simplejpeg",
     "pycocotools": "pycocotools",
     "albumentations": "albumentations",
     "matplotlib": "matplotlib",

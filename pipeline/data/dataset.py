@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from pipeline.data.coco_index import ImageRecord, load_split
+from pipeline.data.decode import decode_rgb, image_size, read_file
 from pipeline.data.layout import DatasetError, LabelMap
 from pipeline.data.transforms import DetectionTransform
 
@@ -46,28 +46,36 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         record = self.records[index]
-        image = read_rgb(record)  # uint8 [h, w, 3]
-        tensor, boxes, labels, scale = self.transform(image, record.boxes, record.labels)
+        min_size = self.transform.min_source_size(record.height, record.width)
+        image = read_rgb(record, min_size)  # uint8 [h', w', 3]: the file's size, or a JPEG decoded smaller
+        # decoded px per original px: 1, or about 1/2, 1/4, 1/8 (sides round up, so each axis has its own)
+        shrink_y, shrink = image.shape[0] / record.height, image.shape[1] / record.width
+        boxes = np.asarray(record.boxes, np.float32).reshape(-1, 4) * np.float32([shrink, shrink_y] * 2)
+        tensor, boxes, labels, scale = self.transform(image, boxes, record.labels)
         target = {
             "boxes": torch.from_numpy(boxes),  # float32 [n, 4] xyxy model-input px
             "labels": torch.from_numpy(labels),  # int64 [n]
             "image_id": record.image_id,
-            "scale": float(scale),
+            "scale": float(scale * shrink),  # model-input px per original px
             "orig_size": (record.height, record.width),
         }
         return tensor, target
 
 
-def read_rgb(record: ImageRecord) -> np.ndarray:
-    """The record's image as uint8 [h, w, 3]; a missing or corrupt file names the image id."""
+def read_rgb(record: ImageRecord, min_size: tuple[int, int] | None = None) -> np.ndarray:
+    """The record's image as uint8 [h, w, 3] (a JPEG possibly decoded smaller, at least `min_size` (h, w): see
+    `pipeline.data.decode`); a missing or corrupt file, or one whose size differs from the annotations', names the
+    image id."""
     try:
-        with Image.open(record.path) as f:
-            image = np.asarray(f.convert("RGB"))
-    except Exception as e:  # PIL raises many types for unreadable files
+        data = read_file(record.path)
+        height, width = image_size(data)
+        if (height, width) == (record.height, record.width):
+            image = decode_rgb(data, min_size)
+    except Exception as e:  # PIL and simplejpeg raise many types for unreadable files
         raise DatasetError(f"{record.path}: image id {record.image_id}: cannot read image: {e}") from e
-    if image.shape[:2] != (record.height, record.width):
+    if (height, width) != (record.height, record.width):
         raise DatasetError(
-            f"{record.path}: image id {record.image_id}: image is {image.shape[1]}x{image.shape[0]}, "
+            f"{record.path}: image id {record.image_id}: image is {width}x{height}, "
             f"annotations say {record.width}x{record.height}"
         )
     return image

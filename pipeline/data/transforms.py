@@ -8,6 +8,7 @@ back to original pixels exactly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import albumentations as A
@@ -108,6 +109,14 @@ class DetectionTransform:
     def scale_for(self, orig_height: int, orig_width: int) -> float:
         """Model-input px per original px of the fit-to-input resize."""
         return min(self.height / orig_height, self.width / orig_width)
+
+    def min_source_size(self, orig_height: int, orig_width: int) -> tuple[int, int]:
+        """The fewest source pixels (h, w) this transform can use without upsampling what it would otherwise
+        downsample: the fit to the input, times the largest scale jitter in training. A decoder may deliver any
+        size from this up to the original (`pipeline.data.decode`)."""
+        factor = self.scale_for(orig_height, orig_width) * (max(1.0, self.options.scale_max) if self.train else 1.0)
+        factor = min(1.0, factor)
+        return math.ceil(orig_height * factor), math.ceil(orig_width * factor)
 
     def __call__(
         self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray
