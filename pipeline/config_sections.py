@@ -56,7 +56,10 @@ class DataConfig:
     synth_val_fraction: float = 0.2
     batch_size: int = 8  # per worker
     val_batch_size: int | None = None  # null = batch_size
-    loader_workers: int = 0  # DataLoader processes per training worker (0 = load in the training process)
+    # DataLoader processes per training worker; auto = the worker's CPUs but one (at least 2) on a GPU, 0 on CPU (load
+    # in the training process, which already uses every CPU): pipeline/training/device.py
+    loader_workers: int | str = "auto"
+    prefetch_factor: int = 4  # batches each loader process prepares ahead
     # training augmentation: a preset (default | strong | aerial | none) or a list of steps, e.g.
     # [{scale: {min: 0.5, max: 1.5}}, {hflip: {p: 0.5}}, {color: {}}] (ops: pipeline/data/augment_spec.py)
     augment: str | tuple[dict | str, ...] = "default"
@@ -69,7 +72,13 @@ class DataConfig:
         _check(0 < self.synth_val_fraction < 1, "data.synth_val_fraction", self.synth_val_fraction, "must be in (0, 1)")
         _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
         _at_least_or_null("data.val_batch_size", self.val_batch_size, 1)
-        _check(self.loader_workers >= 0, "data.loader_workers", self.loader_workers, "must be >= 0")
+        _check(
+            self.loader_workers == "auto" or (isinstance(self.loader_workers, int) and self.loader_workers >= 0),
+            "data.loader_workers",
+            self.loader_workers,
+            "must be auto or a number >= 0",
+        )
+        _check(self.prefetch_factor >= 1, "data.prefetch_factor", self.prefetch_factor, "must be >= 1")
         try:
             self.augment_options()
         except ValueError as e:
@@ -96,6 +105,7 @@ _MODEL_OVERRIDE_KEYS = (
     "max_level",
     "bn_momentum",
 )
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 AUTO = "auto"  # a value fitted to the training boxes before training (`pipeline.data.anchor_fit`)
 
 
@@ -266,10 +276,14 @@ class TrainConfig:
     steps: int | None = None
     eval_every: str = "auto"  # N (epochs), "N epochs", "N steps" or auto (about 6 per run); always at the end
     seed: int = 0
-    amp: str = "none"  # none | bf16 | fp16 (autocast on GPU only; CPU always trains in fp32)
-    sync_bn: bool = False  # SyncBatchNorm across GPU workers (ignored on CPU, where gloo has no SyncBN)
-    compile: bool = False  # torch.compile the model
+    # auto (bf16 on GPUs that have it, else fp16 with a grad scaler; fp32 on CPU) | none | bf16 | fp16 (explicit
+    # values are honoured on CPU too): pipeline/training/device.py
+    amp: str = "auto"
+    sync_bn: bool = True  # BN statistics over the global batch, as the official recipe (GPU workers > 1 only)
+    compile: bool = False  # torch.compile the training module
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
     channels_last: bool = True  # NHWC activations: faster convolutions on CPU (oneDNN) and GPU tensor cores
+    cudnn_benchmark: bool = True  # autotune cuDNN convolutions for the (fixed) input size
     grad_accum_steps: int = 1
     threads_per_worker: int | None = None  # torch intra-op threads; null = the worker's CPU share
     output_dir: str = "outputs"
@@ -289,7 +303,8 @@ class TrainConfig:
             parse_eval_every(self.eval_every)
         except ValueError as e:
             raise ConfigError(f"train.eval_every={self.eval_every!r}: {e}") from None
-        _choice("train.amp", self.amp, ("none", "bf16", "fp16"))
+        _choice("train.amp", self.amp, ("auto", "none", "bf16", "fp16"))
+        _choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "must be >= 1")
         _at_least_or_null("train.threads_per_worker", self.threads_per_worker, 1)
         _check(self.fault_epoch >= 1, "train.fault_epoch", self.fault_epoch, "must be >= 1")

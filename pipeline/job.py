@@ -51,27 +51,16 @@ def absolute_paths(config: PipelineConfig) -> PipelineConfig:
     )
 
 
-def gpu_only_settings_ignored(config: PipelineConfig) -> list[str]:
-    """GPU-only settings that a CPU run cannot honour, said out loud instead of silently dropped."""
-    if config.ray.use_gpu:
-        return []
-    notes = []
-    if config.train.amp != "none":
-        notes.append(f"train.amp={config.train.amp} applies to GPU workers only; this CPU run trains in fp32")
-    if config.train.sync_bn:
-        notes.append("train.sync_bn=true applies to GPU workers only (gloo has no SyncBatchNorm); plain BN is used")
-    return notes
-
-
 def resolve_job(config: PipelineConfig) -> ResolvedJob:
     """Everything that can fail on bad input, before any training: paths, model, tracking store, dataset; then the
     values fitted to the data (`auto` anchors), the schedule and the bounded augmentation."""
     from pipeline.data import load_label_map, validate_dataset
     from pipeline.data.analyze import UNCOVERED_WARNING, analyze, resolve_auto_anchors
+    from pipeline.training.device import ignored_on_cpu
     from pipeline.training.inputs import ensure_dataset
 
     config = absolute_paths(config)
-    notes = gpu_only_settings_ignored(config)
+    notes = ignored_on_cpu(config)
     model = config.model.resolve()  # bad model overrides fail here, not in a worker
     uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri)
     tracking.check_tracking_store(uri)

@@ -62,6 +62,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from pipeline.training.cost import model_cost
+    from pipeline.training.device import apply_backend_flags, device_settings, worker_cpus
     from pipeline.training.inputs import build_loaders, schedule_for
     from pipeline.training.loop import build_trainer, make_state, run_schedule
 
@@ -74,7 +75,11 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(config.train.threads_per_worker or max(1, int(config.ray.cpus_per_worker)))
     torch.manual_seed(config.train.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
 
-    inputs = build_loaders(config, rank, world, validate=False)  # 1. the driver validated the dataset
+    settings = device_settings(config, ray.train.torch.get_device(), world, worker_cpus(config, in_ray=True))
+    apply_backend_flags(settings)
+    if rank == 0:
+        print(f"worker: {settings.describe()}", flush=True)
+    inputs = build_loaders(config, rank, world, validate=False, settings=settings)  # 1. the driver validated it
     checkpoint = ray.train.get_checkpoint()  # 2. the latest reported one after a restart or on resume
     state = None
     if checkpoint is not None:
@@ -84,7 +89,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         config,
         inputs.label_map,
         schedule_for(config, inputs),
-        ray.train.torch.get_device(),
+        settings,
         wrap=ray.train.torch.prepare_model,
         resume=state,
     )

@@ -1,4 +1,5 @@
-"""Suite-wide isolation: no test leaks MLflow's process-global URIs or environment into the next one."""
+"""Suite-wide: no test leaks MLflow's process-global URIs or environment into the next one; `gpu` tests skip,
+saying why, where torch sees no CUDA device."""
 
 from __future__ import annotations
 
@@ -7,6 +8,18 @@ import os
 import pytest
 
 _MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if not gpu_tests:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA (torch sees no GPU): benchmarks/gpu_check.sh runs it on one")
+        for item in gpu_tests:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

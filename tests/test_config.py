@@ -46,7 +46,10 @@ def test_overrides_are_coerced_to_field_types():
         ("trian.epochs=3", "unknown section(s) ['trian']"),
         ("train.epochs=abc", "train.epochs='abc': expected an integer"),
         ("train.epochs=0", "train.epochs=0: must be >= 1"),
-        ("train.amp=fp8", "train.amp='fp8': not supported; choose one of ['none', 'bf16', 'fp16']"),
+        ("train.amp=fp8", "train.amp='fp8': not supported; choose one of ['auto', 'none', 'bf16', 'fp16']"),
+        ("train.compile_mode=fast", "train.compile_mode='fast': not supported"),
+        ("data.loader_workers=many", "data.loader_workers='many': must be auto or a number >= 0"),
+        ("data.loader_workers=-1", "data.loader_workers=-1: must be auto or a number >= 0"),
         ("model.variant=d9", "model.variant='d9'"),
         ("model.image_size=-256", "model.image_size=-256: must be > 0"),
         ("optim.lr=-1", "optim.lr=-1.0: must be > 0"),
@@ -106,15 +109,16 @@ def test_cli_rejects_bad_config_before_any_work(capsys):
     assert "train.epochs=-2: must be >= 1" in capsys.readouterr().err
 
 
-def test_gpu_only_settings_on_cpu_are_reported_not_silently_dropped():
+def test_gpu_settings_a_cpu_run_cannot_honour_are_reported_not_silently_dropped():
     from pipeline.config import load_config
-    from pipeline.job import gpu_only_settings_ignored
+    from pipeline.training.device import ignored_on_cpu
 
-    cpu = load_config(None, ["train.amp=bf16", "train.sync_bn=true"])
-    notes = gpu_only_settings_ignored(cpu)
-    assert len(notes) == 2 and "train.amp=bf16" in notes[0] and "sync_bn" in notes[1]
-    gpu = load_config(None, ["train.amp=bf16", "train.sync_bn=true", "ray.use_gpu=true"])
-    assert gpu_only_settings_ignored(gpu) == []
+    cpu = load_config(None, ["train.amp=bf16", "train.compile=true"])
+    notes = ignored_on_cpu(cpu)
+    assert len(notes) == 2 and "train.amp=bf16" in notes[0] and "train.compile" in notes[1]
+    assert ignored_on_cpu(load_config(None, [])) == []  # the defaults (amp auto, SyncBN) say nothing on CPU
+    gpu = load_config(None, ["train.amp=bf16", "train.compile=true", "ray.use_gpu=true"])
+    assert ignored_on_cpu(gpu) == []
 
 
 def test_precedence_is_yaml_then_set_then_command_flags(tmp_path):

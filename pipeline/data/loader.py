@@ -100,6 +100,8 @@ def build_dataloaders(
     rank: int = 0,
     world_size: int = 1,
     num_workers: int = 0,
+    pin_memory: bool = False,
+    prefetch_factor: int = 4,
     val_batch_size: int | None = None,
     label_map: LabelMap | None = None,
     seed: int = 0,
@@ -110,6 +112,7 @@ def build_dataloaders(
 
     ``validate`` runs `validate_dataset` first and raises `DatasetError` on fatal problems
     (``check_images=False`` skips decoding every image, e.g. on workers after the driver checked).
+    ``pin_memory`` (for a GPU) makes the host-to-device copy asynchronous.
     Train batches have exactly ``batch_size`` images and every image is seen at least once per
     epoch (see `FullBatchDistributedSampler`). ``train.dataset.label_map`` and ``val.dataset.coco``
     give the label map and the validation ground truth.
@@ -122,7 +125,9 @@ def build_dataloaders(
     val_tf = DetectionTransform(image_size, mean, std, train=False)
     val_set = DetectionDataset(dataset_dir, "val", val_tf, train_set.label_map)
     train_sampler = FullBatchDistributedSampler(train_set, batch_size, world_size, rank, shuffle=True, seed=seed)
-    common = {"num_workers": num_workers, "collate_fn": collate_fn, "persistent_workers": num_workers > 0}
+    common = {"num_workers": num_workers, "collate_fn": collate_fn, "pin_memory": pin_memory}
+    if num_workers > 0:  # processes that outlive an epoch, each `prefetch_factor` batches ahead
+        common.update(persistent_workers=True, prefetch_factor=prefetch_factor)
     train = DataLoader(
         train_set,
         batch_size=batch_size,

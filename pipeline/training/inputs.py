@@ -59,11 +59,20 @@ def model_normalisation(config: PipelineConfig) -> tuple[tuple[int, int], tuple,
     return model_cfg.image_size, model_cfg.mean, model_cfg.std
 
 
-def build_loaders(config: PipelineConfig, rank: int = 0, world_size: int = 1, validate: bool = True) -> Inputs:
-    """This rank's shard of train (shuffled, augmented) and val (each image once across ranks)."""
+def build_loaders(
+    config: PipelineConfig, rank: int = 0, world_size: int = 1, validate: bool = True, settings=None
+) -> Inputs:
+    """This rank's shard of train (shuffled, augmented) and val (each image once across ranks). `settings` (a
+    `pipeline.training.device.DeviceSettings`) sets the loader processes and pinned memory; without, the config's
+    values for a CPU in this process."""
     from pipeline.data import build_dataloaders
+    from pipeline.training.device import resolve_loader_workers, worker_cpus
 
     data = config.data
+    if settings is not None:
+        workers, pin_memory = settings.loader_workers, settings.pin_memory
+    else:
+        workers, pin_memory = resolve_loader_workers(data.loader_workers, False, worker_cpus(config, False)), False
     image_size, mean, std = model_normalisation(config)
     augment = data.augment_options()
     loaders = build_dataloaders(
@@ -75,7 +84,9 @@ def build_loaders(config: PipelineConfig, rank: int = 0, world_size: int = 1, va
         augment=augment,
         rank=rank,
         world_size=world_size,
-        num_workers=data.loader_workers,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=data.prefetch_factor,
         val_batch_size=data.val_batch_size,
         seed=config.train.seed,
         validate=validate,

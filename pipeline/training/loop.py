@@ -21,6 +21,7 @@ from torch import nn
 
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.training.checkpoint import BestEval, TrainState, load_checkpoint, save_checkpoint
+from pipeline.training.device import DeviceSettings, apply_backend_flags, device_settings, worker_cpus
 from pipeline.training.ema import ModelEma
 from pipeline.training.evaluate import evaluate
 from pipeline.training.optim import build_optimizer, build_scheduler, clip_gradients, scaled_lr
@@ -45,7 +46,7 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     ema: ModelEma | None
-    device: torch.device
+    settings: DeviceSettings
     label_map: dict[str, list]
     schedule: Schedule
     best: BestEval | None
@@ -53,6 +54,10 @@ class Trainer:
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.settings.device
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -70,34 +75,43 @@ def build_trainer(
     config: PipelineConfig,
     label_map: dict[str, list],
     schedule: Schedule,
-    device: torch.device,
+    settings: DeviceSettings | torch.device,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     resume: TrainState | None = None,
 ) -> Trainer:
-    """Model, optimizer, schedule, scaler and EMA; `wrap` (e.g. DDP) is applied to the training module only."""
+    """Model, optimizer, schedule, scaler and EMA on `settings.device` (a bare device: the config's settings for it,
+    one process); `wrap` (e.g. DDP) is applied to the training module only."""
     from effdet_core import EfficientDetForTraining
 
     _, world = rank_and_world()
+    if isinstance(settings, torch.device):
+        settings = device_settings(config, settings, world, worker_cpus(config, in_ray=False))
+    device = settings.device
     model = build_model(config, len(label_map["category_ids"]), pretrained=resume is None)
-    if config.train.sync_bn and device.type == "cuda" and world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN stats over the global batch on GPUs
+    if settings.sync_bn:  # BN statistics over the global batch
+        from timm.layers import convert_sync_batchnorm
+
+        # timm's, not torch's: torch's turns the backbone's BatchNormAct2d into a plain SyncBatchNorm and silently
+        # drops its activation (the SyncBN test catches it)
+        model = convert_sync_batchnorm(model)
     model.to(device)
-    if config.train.channels_last:
+    if settings.channels_last:
         model.to(memory_format=torch.channels_last)  # the EMA copy below inherits it
     if resume is not None:
         model.load_state_dict(resume.model)
     ema = ModelEma(model, config.optim.ema_decay, config.optim.ema_warmup) if config.optim.ema_decay else None
     train_module: nn.Module = EfficientDetForTraining(model)
-    if config.train.compile:
-        train_module = torch.compile(train_module)
+    if settings.compile_mode:
+        train_module = torch.compile(train_module, mode=settings.compile_mode)
     if wrap is not None:
         train_module = wrap(train_module)
     global_batch = config.data.batch_size * world * config.train.grad_accum_steps
-    optimizer = build_optimizer(model, config.optim, scaled_lr(config.optim, global_batch))
+    lr = scaled_lr(config.optim, global_batch)
+    optimizer = build_optimizer(model, config.optim, lr, fused=settings.fused_optimizer)
     scheduler = build_scheduler(optimizer, config.optim, schedule)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16" and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=settings.grad_scaler)
     trainer = Trainer(
-        config, model, train_module, optimizer, scheduler, scaler, ema, device, label_map, schedule, None, Position()
+        config, model, train_module, optimizer, scheduler, scaler, ema, settings, label_map, schedule, None, Position()
     )
     if resume is not None:
         _restore(trainer, resume)
@@ -120,20 +134,16 @@ def _restore(trainer: Trainer, state: TrainState) -> None:
         trainer.position = Position(step=state.epoch * trainer.schedule.steps_per_epoch, epoch=state.epoch)
 
 
-def _autocast(trainer: Trainer):
-    amp = trainer.config.train.amp
-    if amp == "none" or trainer.device.type != "cuda":  # CPU autocast is slower than fp32 for these convs
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 def _to_device(
     images: torch.Tensor, targets: list[dict], device: torch.device, channels_last: bool = False
 ) -> tuple[torch.Tensor, list[dict]]:
     images = images.to(device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    moved = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+    moved = [
+        {"boxes": t["boxes"].to(device, non_blocking=True), "labels": t["labels"].to(device, non_blocking=True)}
+        for t in targets
+    ]
     return images, moved
 
 
@@ -152,16 +162,18 @@ def train_steps(trainer: Trainer, stream: BatchStream, num_steps: int) -> dict[s
     """`num_steps` optimizer steps from `stream`; returns metrics averaged over all ranks' images."""
     trainer.train_module.train()
     sums = torch.zeros(4, dtype=torch.float64)  # loss, class_loss, box_loss (image-weighted), images
-    start = time.perf_counter()
+    start, waited = time.perf_counter(), 0.0
     for _ in range(num_steps):
-        batches = stream.next_step()
+        before = time.perf_counter()
+        batches = stream.next_step()  # the loader's wait: what a starved GPU (or CPU) spends idle
+        waited += time.perf_counter() - before
         for index, (images, targets) in enumerate(batches):
-            images, targets = _to_device(images, targets, trainer.device, trainer.config.train.channels_last)
+            images, targets = _to_device(images, targets, trainer.device, trainer.settings.channels_last)
             # under DDP, skip the gradient all-reduce on accumulation micro-steps (forward and backward both inside)
             no_sync = getattr(trainer.train_module, "no_sync", None)
             last = index == len(batches) - 1
             with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
-                with _autocast(trainer):
+                with trainer.settings.autocast():
                     losses = trainer.train_module(images, targets)
                 loss = losses["loss"]
                 parts = torch.stack([loss.detach(), losses["class_loss"].detach(), losses["box_loss"].detach()])
@@ -178,9 +190,16 @@ def train_steps(trainer: Trainer, stream: BatchStream, num_steps: int) -> dict[s
         _optimizer_step(trainer)
     trainer.position = Position(**stream.position.as_dict())
     seconds = time.perf_counter() - start
+    wait_share = waited / max(seconds, 1e-9)  # this rank's; each step's device work is synchronised (loss .cpu())
     _all_reduce_sum(sums)
     seconds = _all_reduce_max(seconds)  # the period lasts as long as the slowest rank
+    wait_share_max = _all_reduce_max(wait_share)  # the most starved rank
     images_total = max(1.0, float(sums[3]))
+    memory = (
+        {"gpu_memory_peak_gb": torch.cuda.max_memory_allocated(trainer.device) / 2**30}
+        if trainer.device.type == "cuda"
+        else {}
+    )
     return {
         "train_loss": float(sums[0]) / images_total,
         "train_class_loss": float(sums[1]) / images_total,
@@ -189,6 +208,8 @@ def train_steps(trainer: Trainer, stream: BatchStream, num_steps: int) -> dict[s
         "train_images": images_total,  # over all ranks: shows every shard was trained on
         "images_per_s": images_total / max(seconds, 1e-9),
         "train_time_s": seconds,
+        "data_wait_share": wait_share_max,  # of the period's wall time, on the rank that waited most
+        **memory,
     }
 
 
@@ -302,11 +323,13 @@ def fit(
 
     torch.manual_seed(config.train.seed)  # the same initial weights as every Ray worker of the same config gets
     ensure_dataset(config.data)
-    data = build_loaders(config)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    settings = device_settings(config, device, 1, worker_cpus(config, in_ray=False))
+    apply_backend_flags(settings)
+    data = build_loaders(config, settings=settings)
     last_dir = Path(checkpoint_dir) / "last"
     state = load_checkpoint(last_dir) if resume else None
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    trainer = build_trainer(config, data.label_map, schedule_for(config, data), device, resume=state)
+    trainer = build_trainer(config, data.label_map, schedule_for(config, data), settings, resume=state)
 
     def save_and_forward(trainer: Trainer, metrics: dict[str, float]) -> None:
         save_checkpoint(make_state(trainer, metrics), last_dir)

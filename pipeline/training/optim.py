@@ -37,12 +37,15 @@ def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
     return cfg.lr * (ratio if cfg.lr_scaling == "linear" else math.sqrt(ratio))
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, fused: bool = False) -> torch.optim.Optimizer:
+    """`fused`: one kernel updates every parameter (GPU: fewer launches, the same arithmetic); else torch's default
+    (foreach on GPU, a per-parameter loop on CPU)."""
     groups = param_groups(model, cfg.weight_decay)
+    implementation = {"fused": True} if fused else {}
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=False)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=False, **implementation)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
+        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999), **implementation)
     raise ValueError(f"optim.name={cfg.name!r} not supported; choose one of ['sgd', 'adamw']")
 
 

@@ -94,7 +94,8 @@ def final_report(config: PipelineConfig, last: TrainState, out_dir: str | Path) 
 
 
 def format_progress(step: int, total: int, metrics: dict[str, float], eta_s: float | None) -> str:
-    """`step 120/480 (epoch 3)  loss 0.812 (cls 0.51 box 0.0061)  AP 0.231 AP50 0.512  41.2 img/s  ETA 2m10s`."""
+    """`step 120/480 (epoch 3)  loss 0.812 (cls 0.51 box 0.0061)  AP 0.231 AP50 0.512  41.2 img/s (data wait 3%)
+    lr 1.2e-01  ETA 2m10s`."""
     parts = [
         f"step {step}/{total} (epoch {metrics.get('epoch', 0):.3g})",
         f"loss {metrics.get('train_loss', float('nan')):.4f}"
@@ -103,7 +104,9 @@ def format_progress(step: int, total: int, metrics: dict[str, float], eta_s: flo
     ]
     if "val_AP" in metrics:
         parts.append(f"AP {metrics['val_AP']:.3f} AP50 {metrics.get('val_AP50', float('nan')):.3f}")
-    parts.append(f"{metrics.get('images_per_s', 0.0):.1f} img/s")
+    parts.append(f"{metrics.get('images_per_s', 0.0):.1f} img/s (data wait {metrics.get('data_wait_share', 0.0):.0%})")
+    if "gpu_memory_peak_gb" in metrics:
+        parts.append(f"GPU mem {metrics['gpu_memory_peak_gb']:.1f} GB")
     parts.append(f"lr {metrics.get('lr', 0.0):.2e}")
     if eta_s is not None:
         parts.append(f"ETA {int(eta_s // 60)}m{int(eta_s % 60):02d}s")
