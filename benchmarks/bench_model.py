@@ -1,9 +1,11 @@
 """Train-step throughput and predict latency of one variant, side by side with `effdet` when it is installed.
 
 Both models hold the same weights (effdet's random init, loaded into ours) and run interleaved in one process,
-so machine noise hits both alike. Prints medians and our/effdet ratios.
+so machine noise hits both alike. Prints medians and our/effdet ratios. On a GPU (`--device cuda`) both train
+under the same autocast (`--amp bf16|fp16`, fp16 with a grad scaler each) and the peak memory is printed.
 
     python benchmarks/bench_model.py --variant d0 --size 512 --train-batch 4 --predict-batch 1 --threads 2
+    python benchmarks/bench_model.py --device cuda --amp bf16 --train-batch 16 --predict-batch 8
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, default=90)
     parser.add_argument("--boxes-per-image", type=int, default=8)
     parser.add_argument("--no-effdet", action="store_true", help="measure our model only")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast (GPU runs)")
     return parser.parse_args()
 
 
@@ -41,21 +45,40 @@ def make_targets(batch: int, size: int, num_boxes: int, num_classes: int, seed: 
     return boxes, labels
 
 
+class Precision:
+    """The same autocast and loss scaling for both runners."""
+
+    def __init__(self, device: torch.device, amp: str) -> None:
+        self.device, self.amp = device, amp
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
 class OurRunner:
     name = "effdet_core"
 
-    def __init__(self, model: E.EfficientDet):
+    def __init__(self, model: E.EfficientDet, precision: Precision):
         self.train_model = E.EfficientDetForTraining(model, validate=True)
         self.predict_model = E.EfficientDetForPrediction(model)
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        fused = {"fused": True} if precision.device.type == "cuda" else {}  # as the training loop on a GPU
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, **fused)
+        self.precision = Precision(precision.device, precision.amp)
 
     def train_step(self, images, boxes, labels):
         self.train_model.train()
         targets = [{"boxes": b, "labels": c} for b, c in zip(boxes, labels, strict=True)]
-        loss = self.train_model(images, targets)["loss"]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        with self.precision.autocast():
+            loss = self.train_model(images, targets)["loss"]
+        self.precision.step(loss, self.optimizer)
 
     def predict(self, images):
         self.predict_model.eval()
@@ -65,20 +88,20 @@ class OurRunner:
 class EffdetRunner:
     name = "effdet"
 
-    def __init__(self, model):
+    def __init__(self, model, precision: Precision):
         from effdet import DetBenchPredict, DetBenchTrain
 
-        self.train_model = DetBenchTrain(model)
-        self.predict_model = DetBenchPredict(model)
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        self.train_model = DetBenchTrain(model).to(precision.device)  # its anchors are a buffer of the bench
+        self.predict_model = DetBenchPredict(model).to(precision.device)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)  # as effdet's own train.py
+        self.precision = Precision(precision.device, precision.amp)
 
     def train_step(self, images, boxes, labels):
         self.train_model.train()
         target = {"bbox": boxes[..., [1, 0, 3, 2]], "cls": labels.float() + 1}  # effdet: yxyx, 1-based classes
-        loss = self.train_model(images, target)["loss"]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        with self.precision.autocast():
+            loss = self.train_model(images, target)["loss"]
+        self.precision.step(loss, self.optimizer)
 
     def predict(self, images):
         self.predict_model.eval()
@@ -86,15 +109,18 @@ class EffdetRunner:
             self.predict_model(images)
 
 
-def build_runners(args) -> list:
+def build_runners(args, precision: Precision) -> list:
     ours = E.create_model(args.variant, num_classes=args.num_classes, image_size=args.size)
+    ours.to(precision.device)
+    if precision.device.type == "cuda":
+        ours.to(memory_format=torch.channels_last)  # the training loop's GPU default
     if args.no_effdet:
-        return [OurRunner(ours)]
+        return [OurRunner(ours, precision)]
     try:
         import effdet
     except ImportError:
         print("effdet not installed: measuring effdet_core only (pip install -e '.[test]' for the comparison)")
-        return [OurRunner(ours)]
+        return [OurRunner(ours, precision)]
     reference = effdet.create_model(
         f"tf_efficientdet_{args.variant}",
         pretrained_backbone=False,
@@ -102,15 +128,22 @@ def build_runners(args) -> list:
         image_size=(args.size, args.size),
     )
     E.load_effdet_weights(ours, reference.state_dict())
-    return [OurRunner(ours), EffdetRunner(reference)]
+    return [OurRunner(ours, precision), EffdetRunner(reference.to(precision.device), precision)]
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def time_interleaved(runners, fn_name: str, inputs, repeats: int, warmup: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {r.name: [] for r in runners}
     for i in range(warmup + repeats):
         for runner in runners if i % 2 == 0 else reversed(runners):  # alternate who goes first
+            synchronize()
             start = time.perf_counter()
             getattr(runner, fn_name)(*inputs)
+            synchronize()  # GPU work is asynchronous: time it to its end
             if i >= warmup:
                 times[runner.name].append(time.perf_counter() - start)
     return times
@@ -118,19 +151,26 @@ def time_interleaved(runners, fn_name: str, inputs, repeats: int, warmup: int) -
 
 def main() -> None:
     args = parse_args()
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed sizes, as in training
     torch.manual_seed(0)
-    runners = build_runners(args)
-    train_images = torch.randn(args.train_batch, 3, args.size, args.size)
+    precision = Precision(device, args.amp)
+    runners = build_runners(args, precision)
+    train_images = torch.randn(args.train_batch, 3, args.size, args.size, device=device)
+    if device.type == "cuda":
+        train_images = train_images.contiguous(memory_format=torch.channels_last)
     boxes, labels = make_targets(args.train_batch, args.size, args.boxes_per_image, args.num_classes)
-    predict_images = torch.randn(args.predict_batch, 3, args.size, args.size)
+    boxes, labels = boxes.to(device), labels.to(device)
+    predict_images = torch.randn(args.predict_batch, 3, args.size, args.size, device=device)
 
     train = time_interleaved(runners, "train_step", (train_images, boxes, labels), args.repeats, args.warmup)
     predict = time_interleaved(runners, "predict", (predict_images,), args.repeats, args.warmup)
 
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"
     print(
-        f"{args.variant} @ {args.size}px, fp32, {args.threads} threads, torch {torch.__version__}, "
-        f"median of {args.repeats} (after {args.warmup} warm-up), interleaved"
+        f"{args.variant} @ {args.size}px, {args.amp if args.amp != 'none' else 'fp32'}, {where}, "
+        f"torch {torch.__version__}, median of {args.repeats} (after {args.warmup} warm-up), interleaved"
     )
     print(
         f"{'model':<12} {'train img/s (batch ' + str(args.train_batch) + ')':>24} "
@@ -147,6 +187,10 @@ def main() -> None:
         print(
             f"ratio ours/effdet: train throughput x{ours_ips / ref_ips:.3f} (higher is better), "
             f"predict latency x{ours_ms / ref_ms:.3f} (lower is better)"
+        )
+    if device.type == "cuda":
+        print(
+            f"peak GPU memory (both models, train + predict): {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GB"
         )
 
 

@@ -344,7 +344,9 @@ class RayConfig:
 
     num_workers: int = 2
     use_gpu: bool = False
+    # on a GPU worker its loader processes decode and augment (data.loader_workers auto = this - 1): docs/SCALING.md
     cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # with use_gpu; a fraction (0.5) packs several trials' workers on one GPU
     address: str | None = None  # null: connect to RAY_ADDRESS or start a local Ray
     storage_path: str = "ray_results"  # made absolute in the driver; shared storage on a cluster
     # storage_path is a filesystem mounted at the same path on every node (NFS, EFS, Filestore...): needed for a
@@ -358,6 +360,12 @@ class RayConfig:
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, "ray.num_workers", self.num_workers, "must be >= 1")
         _check(self.cpus_per_worker > 0, "ray.cpus_per_worker", self.cpus_per_worker, "must be > 0")
+        _check(
+            0 < self.gpus_per_worker <= 1 or float(self.gpus_per_worker).is_integer(),
+            "ray.gpus_per_worker",
+            self.gpus_per_worker,
+            "must be a fraction in (0, 1] or a whole number",
+        )
         _check(self.max_failures >= -1, "ray.max_failures", self.max_failures, "must be >= -1 (-1 = unlimited)")
         _check(self.num_to_keep >= 1, "ray.num_to_keep", self.num_to_keep, "must be >= 1")
         _choice("ray.placement_strategy", self.placement_strategy, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))

@@ -129,7 +129,8 @@ def header_lines(job: ResolvedJob, command: str = "train") -> list[str]:
         f"optimizer: {cfg.optim.name}, lr {scaled_lr(cfg.optim, global_batch):.3g} at a global batch of "
         f"{global_batch} ({cfg.ray.num_workers} workers x {cfg.data.batch_size}"
         f"{f' x {cfg.train.grad_accum_steps} accumulated' if cfg.train.grad_accum_steps > 1 else ''}), {ema}",
-        f"ray: {cfg.ray.num_workers} workers x {cfg.ray.cpus_per_worker:g} CPU{' + 1 GPU' if cfg.ray.use_gpu else ''}"
+        f"ray: {cfg.ray.num_workers} workers x {cfg.ray.cpus_per_worker:g} CPU"
+        f"{f' + {cfg.ray.gpus_per_worker:g} GPU' if cfg.ray.use_gpu else ''}"
         f" on {where}; checkpoints under {cfg.ray.storage_path}",
         f"mlflow: {job.tracking_uri} (experiment {cfg.mlflow.experiment}); outputs under {cfg.train.output_dir}",
     ]

@@ -189,7 +189,10 @@ def build_torch_trainer(
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    resources = {"CPU": config.ray.cpus_per_worker, **({"GPU": 1} if config.ray.use_gpu else {})}
+    resources = {
+        "CPU": config.ray.cpus_per_worker,
+        **({"GPU": config.ray.gpus_per_worker} if config.ray.use_gpu else {}),
+    }
     return TorchTrainer(
         worker_loop,
         train_loop_config={"config": to_dict(config), "run": run.__dict__ if run else None, **extra},

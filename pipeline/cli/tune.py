@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(parser)  # the base configuration the spaces vary, exactly as for train
     parser.add_argument("--data", default=None, help="dataset directory (data.dir)")
     parser.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train workers per trial")
-    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    parser.add_argument("--use-gpu", action="store_true", help="GPU workers (ray.gpus_per_worker each)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted search (--name or the latest)")
     parser.add_argument("--name", default=None, help="the search's name (default: tune-<timestamp>)")
     parser.add_argument(

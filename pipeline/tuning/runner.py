@@ -54,9 +54,10 @@ def _concurrency(config: PipelineConfig, options) -> int:
         )
     workers = config.ray.num_workers
     fits = [drivers, int(have.get("CPU", 0) // (workers * config.ray.cpus_per_worker))]
-    if config.ray.use_gpu:
-        fits.append(int(have.get("GPU", 0) // workers))
-    need = f"{workers} worker(s) x {config.ray.cpus_per_worker} CPU{' + 1 GPU' if config.ray.use_gpu else ''}"
+    gpus = f" + {config.ray.gpus_per_worker:g} GPU" if config.ray.use_gpu else ""
+    if config.ray.use_gpu:  # fractional GPUs: trials side by side on one GPU
+        fits.append(int(have.get("GPU", 0) // (workers * config.ray.gpus_per_worker)))
+    need = f"{workers} worker(s) x {config.ray.cpus_per_worker} CPU{gpus}"
     if min(fits) < 1:
         raise ConfigError(f"one trial needs {need}; the cluster has {dict(have)} (lower --workers-per-trial)")
     return min(fits + [options.max_concurrent_trials or drivers])

@@ -40,8 +40,11 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(tiny_config, mlflo
     params = run.data.params
     assert params["train.epochs"] == "2" and params["ray.num_workers"] == "2" and params["model.variant"] == "lite0"
     assert params["data.dir"] == str(tiny_config.data.dir)  # paths are logged resolved
-    for key in ("train_loss", "train_class_loss", "train_box_loss", "lr", "images_per_s", "val_AP", "val_AP50"):
+    keys = ("train_loss", "train_class_loss", "train_box_loss", "lr", "images_per_s", "data_wait_share")
+    keys += ("val_AP", "val_AP50")
+    for key in keys:
         assert _steps(client, run.info.run_id, key) == [2, 4], key  # MLflow step = optimizer step: 2 per epoch
+    assert all(0 <= m.value < 1 for m in client.get_metric_history(run.info.run_id, "data_wait_share"))
     # both DDP ranks trained on their shard: the all-reduced image count is the whole training split
     assert [m.value for m in client.get_metric_history(run.info.run_id, "train_images")] == [16, 16]
     assert "best_val_AP50" in run.data.metrics

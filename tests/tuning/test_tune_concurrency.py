@@ -24,6 +24,13 @@ def concurrency(monkeypatch, resources: dict, *overrides: str, max_concurrent: i
         ({"CPU": 2, "train_driver": 2}, ["ray.num_workers=1"], 1, 1),
         ({"CPU": 64, "train_driver": 4}, ["ray.num_workers=1"], None, 4),  # driver slots cap it
         ({"CPU": 64, "GPU": 8, "train_driver": 8}, ["ray.num_workers=4", "ray.use_gpu=true"], None, 2),
+        # half a GPU per worker: two one-worker trials side by side on one GPU
+        (
+            {"CPU": 16, "GPU": 1, "train_driver": 4},
+            ["ray.num_workers=1", "ray.use_gpu=true", "ray.gpus_per_worker=0.5"],
+            None,
+            2,
+        ),
     ],
 )
 def test_trials_at_once(monkeypatch, resources, overrides, max_concurrent, expected):
