@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts")
     parser.add_argument("--repeats", type=int, default=2, help="timed epochs per worker count (best is kept)")
+    parser.add_argument("--pil", action="store_true", help="time the loader with PIL decoding (simplejpeg off)")
     parser.add_argument("--decode-sides", type=int, nargs="*", default=[512, 1024, 4000], help="JPEG sides to decode")
     return parser.parse_args(argv)
 
@@ -107,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
 
     cv2.setNumThreads(1)
+    if args.pil:
+        from pipeline.data import decode
+
+        decode.simplejpeg = None  # every image through PIL, as before simplejpeg
     for side in args.decode_sides:
         rates = decoder_rates(side, args.size)
         print(f"decode {side}x{side * 3 // 4} JPEG, one core: " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()))
@@ -114,8 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         dataset_dir = Path(tmp) / "bench"
         write_synthetic_dataset(dataset_dir, args.images + 2, args.source_size, seed=0, val_fraction=0.02)
+        from pipeline.data.decode import decoder_name
+
         print(
-            f"training pipeline at {args.size} px from {args.source_size} px JPEGs, batch {args.batch_size}, "
+            f"training pipeline ({decoder_name()}) at {args.size} px from {args.source_size} px JPEGs, "
+            f"batch {args.batch_size}, "
             f"{args.images} images per epoch, best of {args.repeats}"
         )
         print(f"{'workers':>8} {'img/s total':>12} {'img/s per worker process':>25}")
