@@ -287,6 +287,8 @@ class TrainConfig:
     grad_accum_steps: int = 1
     threads_per_worker: int | None = None  # torch intra-op threads; null = the worker's CPU share
     output_dir: str = "outputs"
+    # a progress line (and step metrics to MLflow) at most this often inside a period, from rank 0; null = none
+    log_every_seconds: float | None = 30.0
     fault_marker: str | None = None  # test hook: rank 0 raises once at `fault_epoch` while this file is absent
     fault_epoch: int = 2
 
@@ -308,6 +310,12 @@ class TrainConfig:
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "must be >= 1")
         _at_least_or_null("train.threads_per_worker", self.threads_per_worker, 1)
         _check(self.fault_epoch >= 1, "train.fault_epoch", self.fault_epoch, "must be >= 1")
+        _check(
+            self.log_every_seconds is None or self.log_every_seconds > 0,
+            "train.log_every_seconds",
+            self.log_every_seconds,
+            "must be > 0 or null",
+        )
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pipeline.config import ConfigError, PipelineConfig, from_dict, to_dict
 from pipeline.job import ResolvedJob
 from pipeline.ray_runtime import init_ray
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.training.report import FinalReport, final_report, format_progress
+from pipeline.training.report import FinalReport, final_report, format_progress, format_step_progress
 from pipeline.uri import is_uri
 
 
@@ -120,7 +120,13 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
             with open(loop_config["epoch_times_file"], "a", encoding="utf-8") as f:
                 f.write(f"{step} {time.time()}\n")
 
-    run_schedule(trainer, inputs.train_loader, inputs.val_loader, inputs.coco_gt, report)  # 3.
+    def progress(trainer, snapshot: dict[str, float]) -> None:  # rank 0, at most every train.log_every_seconds
+        print(format_step_progress(snapshot, trainer.schedule), flush=True)
+        if run is not None:
+            keys = ("train_loss", "images_per_s", "data_wait_share", "lr")
+            tracking.log_period(run, int(snapshot["step"]), {f"step_{k}": snapshot[k] for k in keys})
+
+    run_schedule(trainer, inputs.train_loader, inputs.val_loader, inputs.coco_gt, report, progress)  # 3.
 
 
 # ----------------------------------------------------------------------------------------------- driver

@@ -51,6 +51,8 @@ class Trainer:
     schedule: Schedule
     best: BestEval | None
     position: Position
+    last_progress: float = 0.0  # perf_counter() of the last progress callback (rank 0)
+    period_start_step: int = 0
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -158,11 +160,35 @@ def _optimizer_step(trainer: Trainer) -> None:
         trainer.ema.update(trainer.model)
 
 
-def train_steps(trainer: Trainer, stream: BatchStream, num_steps: int) -> dict[str, float]:
-    """`num_steps` optimizer steps from `stream`; returns metrics averaged over all ranks' images."""
+ProgressCallback = Callable[["Trainer", dict[str, float]], None]
+
+
+def _progress(trainer: Trainer, sums: torch.Tensor, start: float, waited: float) -> dict[str, float]:
+    """Rank 0's view of the period so far (no collective: ranks reach this at different times)."""
+    _, world = rank_and_world()
+    seconds, images = max(time.perf_counter() - start, 1e-9), max(1.0, float(sums[3]))
+    return {
+        "step": trainer.position.step,
+        "train_loss": float(sums[0]) / images,
+        "images_per_s": images * world / seconds,  # every rank trains as many images
+        "data_wait_share": waited / seconds,
+        "lr": trainer.optimizer.param_groups[0]["lr"],
+        "seconds_per_step": seconds / max(1, trainer.position.step - trainer.period_start_step),
+    }
+
+
+def train_steps(
+    trainer: Trainer, stream: BatchStream, num_steps: int, on_progress: ProgressCallback | None = None
+) -> dict[str, float]:
+    """`num_steps` optimizer steps from `stream`; returns metrics averaged over all ranks' images. On rank 0,
+    `on_progress(trainer, snapshot)` runs after a step at most every `train.log_every_seconds`."""
     trainer.train_module.train()
     sums = torch.zeros(4, dtype=torch.float64)  # loss, class_loss, box_loss (image-weighted), images
     start, waited = time.perf_counter(), 0.0
+    trainer.period_start_step = trainer.position.step
+    interval = trainer.config.train.log_every_seconds
+    report_progress = on_progress is not None and interval is not None and rank_and_world()[0] == 0
+    trainer.last_progress = trainer.last_progress or start
     for _ in range(num_steps):
         before = time.perf_counter()
         batches = stream.next_step()  # the loader's wait: what a starved GPU (or CPU) spends idle
@@ -188,7 +214,10 @@ def train_steps(trainer: Trainer, stream: BatchStream, num_steps: int) -> dict[s
             n = images.shape[0]
             sums += torch.cat([parts * n, torch.tensor([n], dtype=torch.float64)])
         _optimizer_step(trainer)
-    trainer.position = Position(**stream.position.as_dict())
+        trainer.position = Position(**stream.position.as_dict())
+        if report_progress and time.perf_counter() - trainer.last_progress >= interval:
+            trainer.last_progress = time.perf_counter()
+            on_progress(trainer, _progress(trainer, sums, start, waited))
     seconds = time.perf_counter() - start
     wait_share = waited / max(seconds, 1e-9)  # this rank's; each step's device work is synchronised (loss .cpu())
     _all_reduce_sum(sums)
@@ -278,10 +307,16 @@ PeriodCallback = Callable[[Trainer, dict[str, float]], None]
 
 
 def run_schedule(
-    trainer: Trainer, train_loader, val_loader, coco_gt, on_period_end: PeriodCallback
+    trainer: Trainer,
+    train_loader,
+    val_loader,
+    coco_gt,
+    on_period_end: PeriodCallback,
+    on_progress: ProgressCallback | None = None,
 ) -> dict[str, float]:
     """Train from `trainer.position` to the end of its schedule; after each evaluation period: evaluate, then
-    `on_period_end(trainer, metrics)` (metrics hold `step`, `epoch` = steps / steps per epoch, losses, COCO)."""
+    `on_period_end(trainer, metrics)` (metrics hold `step`, `epoch` = steps / steps per epoch, losses, COCO);
+    inside periods, `on_progress` as `train_steps` says."""
     schedule = trainer.schedule
     stream = BatchStream(
         train_loader,
@@ -296,7 +331,7 @@ def run_schedule(
     for point in schedule.eval_points():
         if point <= trainer.position.step:
             continue  # done before a resume
-        metrics = train_steps(trainer, stream, point - trainer.position.step)
+        metrics = train_steps(trainer, stream, point - trainer.position.step, on_progress)
         metrics = {"step": point, "epoch": round(point / schedule.steps_per_epoch, 4), **metrics}
         start = time.perf_counter()
         postprocess = trainer.config.eval.postprocess()
@@ -336,5 +371,12 @@ def fit(
         if on_period_end is not None:
             on_period_end(trainer, metrics)
 
-    run_schedule(trainer, data.train_loader, data.val_loader, data.coco_gt, save_and_forward)
+    run_schedule(trainer, data.train_loader, data.val_loader, data.coco_gt, save_and_forward, print_progress)
     return load_checkpoint(last_dir)
+
+
+def print_progress(trainer: Trainer, snapshot: dict[str, float]) -> None:
+    """The in-period progress line (`pipeline.training.report.format_step_progress`)."""
+    from pipeline.training.report import format_step_progress
+
+    print(format_step_progress(snapshot, trainer.schedule), flush=True)

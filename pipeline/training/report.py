@@ -111,3 +111,24 @@ def format_progress(step: int, total: int, metrics: dict[str, float], eta_s: flo
     if eta_s is not None:
         parts.append(f"ETA {int(eta_s // 60)}m{int(eta_s % 60):02d}s")
     return "  ".join(parts)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def format_step_progress(snapshot: dict[str, float], schedule) -> str:
+    """`step 57/320 (epoch 1.43)  loss 0.9512  12.1 img/s (data wait 2%)  lr 2.10e-01  ETA epoch 0m40s, run 4m10s`:
+    rank 0's view inside a period (img/s counts every rank)."""
+    step, per_epoch = int(snapshot["step"]), schedule.steps_per_epoch
+    left_in_epoch = (per_epoch - step % per_epoch) % per_epoch
+    pace = snapshot["seconds_per_step"]
+    return "  ".join(
+        [
+            f"step {step}/{schedule.total_steps} (epoch {step / per_epoch:.3g})",
+            f"loss {snapshot['train_loss']:.4f}",
+            f"{snapshot['images_per_s']:.1f} img/s (data wait {snapshot['data_wait_share']:.0%})",
+            f"lr {snapshot['lr']:.2e}",
+            f"ETA epoch {_minutes(left_in_epoch * pace)}, run {_minutes((schedule.total_steps - step) * pace)}",
+        ]
+    )
