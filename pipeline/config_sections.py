@@ -287,6 +287,10 @@ class TrainConfig:
     grad_accum_steps: int = 1
     threads_per_worker: int | None = None  # torch intra-op threads; null = the worker's CPU share
     output_dir: str = "outputs"
+    # checkpoints between evaluations too (Ray Train keeps ray.num_to_keep; search trials checkpoint at evaluations
+    # only): every N optimizer steps and/or every M minutes (rank 0's clock); a resumed run goes on from the step
+    checkpoint_every_steps: int | None = None
+    checkpoint_every_minutes: float | None = None
     # a progress line (and step metrics to MLflow) at most this often inside a period, from rank 0; null = none
     log_every_seconds: float | None = 30.0
     fault_marker: str | None = None  # test hook: rank 0 raises once at `fault_epoch` while this file is absent
@@ -310,6 +314,13 @@ class TrainConfig:
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "must be >= 1")
         _at_least_or_null("train.threads_per_worker", self.threads_per_worker, 1)
         _check(self.fault_epoch >= 1, "train.fault_epoch", self.fault_epoch, "must be >= 1")
+        _at_least_or_null("train.checkpoint_every_steps", self.checkpoint_every_steps, 1)
+        _check(
+            self.checkpoint_every_minutes is None or self.checkpoint_every_minutes > 0,
+            "train.checkpoint_every_minutes",
+            self.checkpoint_every_minutes,
+            "must be > 0 or null",
+        )
         _check(
             self.log_every_seconds is None or self.log_every_seconds > 0,
             "train.log_every_seconds",

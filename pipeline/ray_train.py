@@ -64,7 +64,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     from pipeline.training.cost import model_cost
     from pipeline.training.device import apply_backend_flags, device_settings, worker_cpus
     from pipeline.training.inputs import build_loaders, schedule_for
-    from pipeline.training.loop import build_trainer, make_state, run_schedule
+    from pipeline.training.loop import build_trainer, make_state, run_schedule, step_metrics
 
     _quiet_per_report_logging()
     config = from_dict(loop_config["config"])
@@ -126,7 +126,19 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
             keys = ("train_loss", "images_per_s", "data_wait_share", "lr")
             tracking.log_period(run, int(snapshot["step"]), {f"step_{k}": snapshot[k] for k in keys})
 
-    run_schedule(trainer, inputs.train_loader, inputs.val_loader, inputs.coco_gt, report, progress)  # 3.
+    def checkpoint_between(trainer) -> None:  # every rank: report() is a barrier
+        step = trainer.position.step
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                save_checkpoint(make_state(trainer, step_metrics(trainer)), tmp)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(step_metrics(trainer), checkpoint=ckpt, checkpoint_dir_name=f"step_{step:07d}")
+
+    # a search trial's reports go to Tune's scheduler, which needs val_AP in every one: trials checkpoint at
+    # evaluations only
+    between = checkpoint_between if loop_config.get("step_checkpoints") else None
+    run_schedule(trainer, inputs.train_loader, inputs.val_loader, inputs.coco_gt, report, progress, between)  # 3.
 
 
 # ----------------------------------------------------------------------------------------------- driver
@@ -262,7 +274,7 @@ def _fit(config: PipelineConfig, name: str, run: tracking.RunHandle):
     from ray.train import TrainingFailedError
 
     try:
-        result = build_torch_trainer(config, name, run).fit()
+        result = build_torch_trainer(config, name, run, step_checkpoints=True).fit()
     except TrainingFailedError as e:
         tracking.end_run(run, "FAILED")
         raise TrainingJobError(

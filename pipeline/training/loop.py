@@ -53,6 +53,7 @@ class Trainer:
     position: Position
     last_progress: float = 0.0  # perf_counter() of the last progress callback (rank 0)
     period_start_step: int = 0
+    last_checkpoint: float = 0.0  # perf_counter() of the last checkpoint (rank 0's decides for all)
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -161,6 +162,24 @@ def _optimizer_step(trainer: Trainer) -> None:
 
 
 ProgressCallback = Callable[["Trainer", dict[str, float]], None]
+CheckpointCallback = Callable[["Trainer"], None]
+
+
+def checkpoint_due(trainer: Trainer) -> bool:
+    """After an optimizer step: is a between-evaluations checkpoint due? Every rank gets the same answer (steps are
+    the same everywhere; for minutes, rank 0's clock is broadcast, one scalar per step)."""
+    train = trainer.config.train
+    if train.checkpoint_every_steps and trainer.position.step % train.checkpoint_every_steps == 0:
+        return True
+    if train.checkpoint_every_minutes is None:
+        return False
+    rank, world = rank_and_world()
+    due = rank == 0 and time.perf_counter() - trainer.last_checkpoint >= 60 * train.checkpoint_every_minutes
+    if world > 1:
+        flag = torch.tensor([float(due)], device=trainer.device if dist.get_backend() == "nccl" else "cpu")
+        dist.broadcast(flag, src=0)
+        due = bool(flag.item())
+    return due
 
 
 def _progress(trainer: Trainer, sums: torch.Tensor, start: float, waited: float) -> dict[str, float]:
@@ -178,10 +197,15 @@ def _progress(trainer: Trainer, sums: torch.Tensor, start: float, waited: float)
 
 
 def train_steps(
-    trainer: Trainer, stream: BatchStream, num_steps: int, on_progress: ProgressCallback | None = None
+    trainer: Trainer,
+    stream: BatchStream,
+    num_steps: int,
+    on_progress: ProgressCallback | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
 ) -> dict[str, float]:
     """`num_steps` optimizer steps from `stream`; returns metrics averaged over all ranks' images. On rank 0,
-    `on_progress(trainer, snapshot)` runs after a step at most every `train.log_every_seconds`."""
+    `on_progress(trainer, snapshot)` runs after a step at most every `train.log_every_seconds`; on every rank,
+    `on_checkpoint(trainer)` after a step where `checkpoint_due` (not after the last: the period's end saves)."""
     trainer.train_module.train()
     sums = torch.zeros(4, dtype=torch.float64)  # loss, class_loss, box_loss (image-weighted), images
     start, waited = time.perf_counter(), 0.0
@@ -189,7 +213,8 @@ def train_steps(
     interval = trainer.config.train.log_every_seconds
     report_progress = on_progress is not None and interval is not None and rank_and_world()[0] == 0
     trainer.last_progress = trainer.last_progress or start
-    for _ in range(num_steps):
+    trainer.last_checkpoint = trainer.last_checkpoint or start
+    for step_index in range(num_steps):
         before = time.perf_counter()
         batches = stream.next_step()  # the loader's wait: what a starved GPU (or CPU) spends idle
         waited += time.perf_counter() - before
@@ -218,6 +243,9 @@ def train_steps(
         if report_progress and time.perf_counter() - trainer.last_progress >= interval:
             trainer.last_progress = time.perf_counter()
             on_progress(trainer, _progress(trainer, sums, start, waited))
+        if on_checkpoint is not None and step_index < num_steps - 1 and checkpoint_due(trainer):
+            on_checkpoint(trainer)
+            trainer.last_checkpoint = time.perf_counter()
     seconds = time.perf_counter() - start
     wait_share = waited / max(seconds, 1e-9)  # this rank's; each step's device work is synchronised (loss .cpu())
     _all_reduce_sum(sums)
@@ -286,6 +314,12 @@ def update_best(trainer: Trainer, metrics: dict[str, float]) -> bool:
     return True
 
 
+def step_metrics(trainer: Trainer) -> dict[str, float]:
+    """What a checkpoint between evaluations records: where it stands (no evaluation was run)."""
+    step = trainer.position.step
+    return {"step": step, "epoch": round(step / trainer.schedule.steps_per_epoch, 4)}
+
+
 def make_state(trainer: Trainer, metrics: dict[str, float]) -> TrainState:
     """The checkpoint of where training stands now."""
     return TrainState(
@@ -313,10 +347,11 @@ def run_schedule(
     coco_gt,
     on_period_end: PeriodCallback,
     on_progress: ProgressCallback | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
 ) -> dict[str, float]:
     """Train from `trainer.position` to the end of its schedule; after each evaluation period: evaluate, then
     `on_period_end(trainer, metrics)` (metrics hold `step`, `epoch` = steps / steps per epoch, losses, COCO);
-    inside periods, `on_progress` as `train_steps` says."""
+    inside periods, `on_progress` and `on_checkpoint` as `train_steps` says."""
     schedule = trainer.schedule
     stream = BatchStream(
         train_loader,
@@ -331,7 +366,7 @@ def run_schedule(
     for point in schedule.eval_points():
         if point <= trainer.position.step:
             continue  # done before a resume
-        metrics = train_steps(trainer, stream, point - trainer.position.step, on_progress)
+        metrics = train_steps(trainer, stream, point - trainer.position.step, on_progress, on_checkpoint)
         metrics = {"step": point, "epoch": round(point / schedule.steps_per_epoch, 4), **metrics}
         start = time.perf_counter()
         postprocess = trainer.config.eval.postprocess()
@@ -341,6 +376,7 @@ def run_schedule(
         metrics["eval_time_s"] = time.perf_counter() - start
         update_best(trainer, metrics)
         on_period_end(trainer, metrics)
+        trainer.last_checkpoint = time.perf_counter()  # the period's end checkpointed
     return metrics
 
 
@@ -371,7 +407,12 @@ def fit(
         if on_period_end is not None:
             on_period_end(trainer, metrics)
 
-    run_schedule(trainer, data.train_loader, data.val_loader, data.coco_gt, save_and_forward, print_progress)
+    def save_between(trainer: Trainer) -> None:
+        save_checkpoint(make_state(trainer, step_metrics(trainer)), last_dir)
+
+    run_schedule(
+        trainer, data.train_loader, data.val_loader, data.coco_gt, save_and_forward, print_progress, save_between
+    )
     return load_checkpoint(last_dir)
 
 

@@ -207,3 +207,41 @@ def _assert_same_tensors(got, want, where: str) -> None:
         assert torch.equal(got, want), f"{where}: max difference {(got.float() - want.float()).abs().max():.3g}"
     else:
         assert got == want, (where, got, want)
+
+
+def test_checkpoints_between_evaluations_resume_with_the_same_images(tiny_config, tmp_path, monkeypatch):
+    """Evaluations at steps 6 and 10, a checkpoint every 3 steps between (3 and 9; at 6 the evaluation's own
+    checkpoint is the only one): a crash as epoch 3 starts (step 8) resumes from step 6, mid-epoch, with no evaluation
+    before step 10, on exactly the straight run's images."""
+    from pipeline.training import loop
+
+    seen = _record_image_ids(monkeypatch)
+    saved: list[int] = []
+    save = loop.save_checkpoint
+
+    def recording_save(state, directory):
+        saved.append(state.position["step"])
+        return save(state, directory)
+
+    monkeypatch.setattr(loop, "save_checkpoint", recording_save)
+    base = replace(
+        tiny_config,
+        data={"augment": "none"},
+        train={"epochs": None, "steps": 10, "eval_every": "6 steps", "checkpoint_every_steps": 3},
+        ray={"num_workers": 1},
+    )
+    periods: list[int] = []
+    fit(base, tmp_path / "straight", on_period_end=lambda trainer, metrics: periods.append(int(metrics["step"])))
+    straight_ids = list(seen)
+    assert saved == [3, 6, 9, 10] and periods == [6, 10]  # each step saved once
+
+    seen.clear(), saved.clear(), periods.clear()
+    crashing = replace(base, train={"fault_marker": str(tmp_path / "fault"), "fault_epoch": 3})
+    with pytest.raises(InjectedFault, match="epoch 3"):
+        fit(crashing, tmp_path / "crash")
+    assert saved == [3, 6] and len(seen) == 32  # steps 1-8 loaded, the last checkpoint at step 6
+    before_crash = list(seen)
+    seen.clear()
+    final = fit(crashing, tmp_path / "crash", resume=True, on_period_end=lambda t, m: periods.append(int(m["step"])))
+    assert before_crash[:24] + seen == straight_ids  # steps 7-10: the same images in the same order
+    assert periods == [10] and final.position == {"step": 10, "epoch": 2, "batch": 2}

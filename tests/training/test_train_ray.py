@@ -75,9 +75,11 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(tiny_config, mlflo
 
 
 def test_crashed_worker_is_survived_and_costs_at_most_one_epoch(tiny_config, tmp_path):
+    """With a checkpoint after every step too (between the evaluations: steps 1, 3, 5), which Ray Train keeps and
+    deletes (num_to_keep 1) alongside the evaluations' own."""
     config = replace(
         tiny_config,
-        train={"epochs": 3, "fault_marker": str(tmp_path / "fault"), "fault_epoch": 2},
+        train={"epochs": 3, "fault_marker": str(tmp_path / "fault"), "fault_epoch": 2, "checkpoint_every_steps": 1},
         ray={"max_failures": 1},
     )
     outcome = ray_train.train(config)
@@ -87,6 +89,7 @@ def test_crashed_worker_is_survived_and_costs_at_most_one_epoch(tiny_config, tmp
     client = MlflowClient(outcome.run.tracking_uri)
     assert _steps(client, outcome.run.run_id, "train_loss") == [2, 4, 6]  # epoch 1 was not redone
     assert client.get_run(outcome.run.run_id).info.status == "FINISHED"
+    assert [p.name for p in Path(outcome.run_dir).glob("step_*")] == ["step_0000006"]
 
 
 def test_stopped_run_resumes_at_next_epoch_in_the_same_mlflow_run(tiny_config, tmp_path):
