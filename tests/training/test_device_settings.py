@@ -102,10 +102,9 @@ def test_autocast_steps_are_finite_and_close_to_fp32(tiny_config, dtype):
     assert torch.isfinite(torch.tensor(metrics["train_loss"]))
 
 
-def test_the_grad_scaler_skips_a_step_with_an_inf_gradient(tiny_config):
-    config = replace(tiny_config, train={"amp": "fp16"}, optim={"ema_decay": None})
-    trainer = _trainer(config, device_settings(config, CPU, 1, 2))
-    images, targets = _batch()
+def check_grad_scaler_skips_an_inf_step(trainer, images, targets) -> None:
+    """One fp16 step whose gradient holds an inf: the scaler leaves every weight as it was and halves its scale
+    (also `tests/training/test_gpu_paths.py`, on CUDA)."""
     with trainer.settings.autocast():
         loss = trainer.train_module(images, targets)["loss"]
     trainer.scaler.scale(loss).backward()
@@ -117,6 +116,11 @@ def test_the_grad_scaler_skips_a_step_with_an_inf_gradient(tiny_config):
     after = trainer.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k)  # weights untouched
     assert trainer.scaler.get_scale() == scale / 2  # and the scale backed off
+
+
+def test_the_grad_scaler_skips_a_step_with_an_inf_gradient(tiny_config):
+    config = replace(tiny_config, train={"amp": "fp16"}, optim={"ema_decay": None})
+    check_grad_scaler_skips_an_inf_step(_trainer(config, device_settings(config, CPU, 1, 2)), *_batch())
 
 
 def test_sync_bn_converts_every_norm_and_keeps_the_checkpoint_format(tiny_config, tmp_path):

@@ -60,20 +60,10 @@ def test_amp_steps_on_cuda_are_finite_and_close_to_fp32(tiny_config, amp):
 
 
 def test_the_grad_scaler_skips_an_inf_step_on_cuda(tiny_config):
-    from pipeline.training.loop import _optimizer_step
+    from test_device_settings import check_grad_scaler_skips_an_inf_step
 
     trainer = _trainer(replace(tiny_config, train={"amp": "fp16"}, optim={"ema_decay": None}))
-    images, targets = _batch()
-    with trainer.settings.autocast():
-        loss = trainer.train_module(images, targets)["loss"]
-    trainer.scaler.scale(loss).backward()
-    grad = next(p for p in trainer.model.parameters() if p.grad is not None).grad
-    grad[(0,) * grad.ndim] = float("inf")
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    scale = trainer.scaler.get_scale()
-    _optimizer_step(trainer)
-    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items() if "running" not in k)
-    assert trainer.scaler.get_scale() == scale / 2
+    check_grad_scaler_skips_an_inf_step(trainer, *_batch())
 
 
 def test_sync_bn_trains_in_a_one_process_nccl_group(tiny_config, tmp_path):
