@@ -16,10 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from pipeline.config import PipelineConfig, to_dict
+from pipeline.training.cadence import (
+    all_reduce_max,
+    all_reduce_sum,
+    checkpoint_due,
+    progress_snapshot,
+    rank_and_world,
+)
 from pipeline.training.checkpoint import BestEval, TrainState, load_checkpoint, save_checkpoint
 from pipeline.training.device import DeviceSettings, apply_backend_flags, device_settings, worker_cpus
 from pipeline.training.ema import ModelEma
@@ -61,12 +67,6 @@ class Trainer:
     @property
     def device(self) -> torch.device:
         return self.settings.device
-
-
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def build_model(config: PipelineConfig, num_classes: int, pretrained: bool = True) -> nn.Module:
@@ -165,37 +165,6 @@ ProgressCallback = Callable[["Trainer", dict[str, float]], None]
 CheckpointCallback = Callable[["Trainer"], None]
 
 
-def checkpoint_due(trainer: Trainer) -> bool:
-    """After an optimizer step: is a between-evaluations checkpoint due? Every rank gets the same answer (steps are
-    the same everywhere; for minutes, rank 0's clock is broadcast, one scalar per step)."""
-    train = trainer.config.train
-    if train.checkpoint_every_steps and trainer.position.step % train.checkpoint_every_steps == 0:
-        return True
-    if train.checkpoint_every_minutes is None:
-        return False
-    rank, world = rank_and_world()
-    due = rank == 0 and time.perf_counter() - trainer.last_checkpoint >= 60 * train.checkpoint_every_minutes
-    if world > 1:
-        flag = torch.tensor([float(due)], device=trainer.device if dist.get_backend() == "nccl" else "cpu")
-        dist.broadcast(flag, src=0)
-        due = bool(flag.item())
-    return due
-
-
-def _progress(trainer: Trainer, sums: torch.Tensor, start: float, waited: float) -> dict[str, float]:
-    """Rank 0's view of the period so far (no collective: ranks reach this at different times)."""
-    _, world = rank_and_world()
-    seconds, images = max(time.perf_counter() - start, 1e-9), max(1.0, float(sums[3]))
-    return {
-        "step": trainer.position.step,
-        "train_loss": float(sums[0]) / images,
-        "images_per_s": images * world / seconds,  # every rank trains as many images
-        "data_wait_share": waited / seconds,
-        "lr": trainer.optimizer.param_groups[0]["lr"],
-        "seconds_per_step": seconds / max(1, trainer.position.step - trainer.period_start_step),
-    }
-
-
 def train_steps(
     trainer: Trainer,
     stream: BatchStream,
@@ -242,15 +211,15 @@ def train_steps(
         trainer.position = Position(**stream.position.as_dict())
         if report_progress and time.perf_counter() - trainer.last_progress >= interval:
             trainer.last_progress = time.perf_counter()
-            on_progress(trainer, _progress(trainer, sums, start, waited))
+            on_progress(trainer, progress_snapshot(trainer, sums, start, waited))
         if on_checkpoint is not None and step_index < num_steps - 1 and checkpoint_due(trainer):
             on_checkpoint(trainer)
             trainer.last_checkpoint = time.perf_counter()
     seconds = time.perf_counter() - start
     wait_share = waited / max(seconds, 1e-9)  # this rank's; each step's device work is synchronised (loss .cpu())
-    _all_reduce_sum(sums)
-    seconds = _all_reduce_max(seconds)  # the period lasts as long as the slowest rank
-    wait_share_max = _all_reduce_max(wait_share)  # the most starved rank
+    all_reduce_sum(sums)
+    seconds = all_reduce_max(seconds)  # the period lasts as long as the slowest rank
+    wait_share_max = all_reduce_max(wait_share)  # the most starved rank
     images_total = max(1.0, float(sums[3]))
     memory = (
         {"gpu_memory_peak_gb": torch.cuda.max_memory_allocated(trainer.device) / 2**30}
@@ -268,19 +237,6 @@ def train_steps(
         "data_wait_share": wait_share_max,  # of the period's wall time, on the rank that waited most
         **memory,
     }
-
-
-def _all_reduce_sum(values: torch.Tensor) -> None:
-    if rank_and_world()[1] > 1:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)  # gloo reduces CPU tensors; float64 avoids drift
-
-
-def _all_reduce_max(value: float) -> float:
-    if rank_and_world()[1] == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t[0])
 
 
 def maybe_inject_fault(config: PipelineConfig, epoch: int) -> None:
