@@ -60,10 +60,11 @@ def test_amp_steps_on_cuda_are_finite_and_close_to_fp32(tiny_config, amp):
 
 
 def test_the_grad_scaler_skips_an_inf_step_on_cuda(tiny_config):
-    from test_device_settings import check_grad_scaler_skips_an_inf_step
+    from test_device_settings import step_with_an_inf_gradient
 
     trainer = _trainer(replace(tiny_config, train={"amp": "fp16"}, optim={"ema_decay": None}))
-    check_grad_scaler_skips_an_inf_step(trainer, *_batch())
+    changed, scale_ratio = step_with_an_inf_gradient(trainer, *_batch())
+    assert changed == [] and scale_ratio == 0.5
 
 
 def test_sync_bn_trains_in_a_one_process_nccl_group(tiny_config, tmp_path):
