@@ -100,6 +100,16 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         cost = model_cost(config, len(inputs.label_map["names"]), ray.train.torch.get_device())
     started = time.perf_counter()
 
+    def report_with_checkpoint(trainer, metrics: dict[str, float]) -> None:
+        """A barrier: every rank reports at the same step (metrics already all-reduced); rank 0 sends the state."""
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:  # one copy of the (identical) DDP state is enough
+                save_checkpoint(make_state(trainer, metrics), tmp)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            step = trainer.position.step
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step_{step:07d}")
+
     def report(trainer, metrics: dict[str, float]) -> None:  # 4.
         step = int(metrics["step"])
         metrics = {**metrics, **cost, "resumed_from_step": start_step}
@@ -109,13 +119,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
             total = trainer.schedule.total_steps
             eta = (time.perf_counter() - started) / (step - start_step) * (total - step)
             print(format_progress(step, total, metrics, eta), flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:  # one copy of the (identical) DDP state is enough
-                save_checkpoint(make_state(trainer, metrics), tmp)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            # a barrier: every rank reports once per period, with metrics already all-reduced
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step_{step:07d}")
+        report_with_checkpoint(trainer, metrics)
         if rank == 0 and loop_config.get("epoch_times_file"):  # benchmarks: when each period's report returned
             with open(loop_config["epoch_times_file"], "a", encoding="utf-8") as f:
                 f.write(f"{step} {time.time()}\n")
@@ -126,14 +130,8 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
             keys = ("train_loss", "images_per_s", "data_wait_share", "lr")
             tracking.log_period(run, int(snapshot["step"]), {f"step_{k}": snapshot[k] for k in keys})
 
-    def checkpoint_between(trainer) -> None:  # every rank: report() is a barrier
-        step = trainer.position.step
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                save_checkpoint(make_state(trainer, step_metrics(trainer)), tmp)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(step_metrics(trainer), checkpoint=ckpt, checkpoint_dir_name=f"step_{step:07d}")
+    def checkpoint_between(trainer) -> None:
+        report_with_checkpoint(trainer, step_metrics(trainer))
 
     # a search trial's reports go to Tune's scheduler, which needs val_AP in every one: trials checkpoint at
     # evaluations only

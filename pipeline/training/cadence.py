@@ -53,8 +53,11 @@ def checkpoint_due(trainer: Trainer) -> bool:
     return due
 
 
-def progress_snapshot(trainer: Trainer, sums: torch.Tensor, start: float, waited: float) -> dict[str, float]:
-    """Rank 0's view of the period so far (no collective: ranks reach this at different times)."""
+def progress_snapshot(
+    trainer: Trainer, sums: torch.Tensor, first_step: int, start: float, waited: float
+) -> dict[str, float]:
+    """Rank 0's view of the period so far, which began at `first_step` and `start` (no collective: ranks reach
+    this at different times)."""
     _, world = rank_and_world()
     seconds, images = max(time.perf_counter() - start, 1e-9), max(1.0, float(sums[3]))
     return {
@@ -63,5 +66,5 @@ def progress_snapshot(trainer: Trainer, sums: torch.Tensor, start: float, waited
         "images_per_s": images * world / seconds,  # every rank trains as many images
         "data_wait_share": waited / seconds,
         "lr": trainer.optimizer.param_groups[0]["lr"],
-        "seconds_per_step": seconds / max(1, trainer.position.step - trainer.period_start_step),
+        "seconds_per_step": seconds / max(1, trainer.position.step - first_step),
     }

@@ -65,14 +65,13 @@ def build_loaders(
     """This rank's shard of train (shuffled, augmented) and val (each image once across ranks). `settings` (a
     `pipeline.training.device.DeviceSettings`) sets the loader processes and pinned memory; without, the config's
     values for a CPU in this process."""
+    import torch
+
     from pipeline.data import build_dataloaders
-    from pipeline.training.device import resolve_loader_workers, worker_cpus
+    from pipeline.training.device import device_settings, worker_cpus
 
     data = config.data
-    if settings is not None:
-        workers, pin_memory = settings.loader_workers, settings.pin_memory
-    else:
-        workers, pin_memory = resolve_loader_workers(data.loader_workers, False, worker_cpus(config, False)), False
+    settings = settings or device_settings(config, torch.device("cpu"), world_size, worker_cpus(config, False))
     image_size, mean, std = model_normalisation(config)
     augment = data.augment_options()
     loaders = build_dataloaders(
@@ -84,8 +83,8 @@ def build_loaders(
         augment=augment,
         rank=rank,
         world_size=world_size,
-        num_workers=workers,
-        pin_memory=pin_memory,
+        num_workers=settings.loader_workers,
+        pin_memory=settings.pin_memory,
         prefetch_factor=data.prefetch_factor,
         val_batch_size=data.val_batch_size,
         seed=config.train.seed,

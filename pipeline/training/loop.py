@@ -58,7 +58,6 @@ class Trainer:
     best: BestEval | None
     position: Position
     last_progress: float = 0.0  # perf_counter() of the last progress callback (rank 0)
-    period_start_step: int = 0
     last_checkpoint: float = 0.0  # perf_counter() of the last checkpoint (rank 0's decides for all)
 
     def eval_model(self) -> nn.Module:
@@ -178,7 +177,7 @@ def train_steps(
     trainer.train_module.train()
     sums = torch.zeros(4, dtype=torch.float64)  # loss, class_loss, box_loss (image-weighted), images
     start, waited = time.perf_counter(), 0.0
-    trainer.period_start_step = trainer.position.step
+    first_step = trainer.position.step
     interval = trainer.config.train.log_every_seconds
     report_progress = on_progress is not None and interval is not None and rank_and_world()[0] == 0
     trainer.last_progress = trainer.last_progress or start
@@ -211,7 +210,7 @@ def train_steps(
         trainer.position = Position(**stream.position.as_dict())
         if report_progress and time.perf_counter() - trainer.last_progress >= interval:
             trainer.last_progress = time.perf_counter()
-            on_progress(trainer, progress_snapshot(trainer, sums, start, waited))
+            on_progress(trainer, progress_snapshot(trainer, sums, first_step, start, waited))
         if on_checkpoint is not None and step_index < num_steps - 1 and checkpoint_due(trainer):
             on_checkpoint(trainer)
             trainer.last_checkpoint = time.perf_counter()
@@ -332,7 +331,8 @@ def run_schedule(
         metrics["eval_time_s"] = time.perf_counter() - start
         update_best(trainer, metrics)
         on_period_end(trainer, metrics)
-        trainer.last_checkpoint = time.perf_counter()  # the period's end checkpointed
+        # the period's end printed its line and checkpointed: both intervals start again from here
+        trainer.last_progress = trainer.last_checkpoint = time.perf_counter()
     return metrics
 
 
