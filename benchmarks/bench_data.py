@@ -3,9 +3,12 @@
 First the decoders alone, one core, on a JPEG of each ``--decode-sides`` (PIL, OpenCV, torchvision.io, and
 simplejpeg at full size and at the size a model of that side needs, which is what the loader uses). Then the
 training DataLoader (read + decode + scale jitter/crop/flip/colour + normalise + collate) on the synthetic demo
-dataset (JPEGs at ``--source-size``) at ``--size`` px for each ``--workers`` count. Example::
+dataset (JPEGs at ``--source-size``) at ``--size`` px for each ``--workers`` count and each ``--stores``: local
+disk, a bucket on a loopback S3 server (moto's, a test dependency: its Python HTTP server, on the same cores, is
+slower than a real store), and that bucket through the per-node cache (`data.cache_dir`: the untimed first epoch
+fills it). Example::
 
-    python benchmarks/bench_data.py --size 512 --images 96 --workers 0 1 2
+    python benchmarks/bench_data.py --size 512 --images 96 --workers 0 1 2 --stores local s3 s3-cache
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.data import AugmentOptions, build_dataloaders, write_synthetic_dataset  # noqa: E402
 
+STORES = ("local", "s3", "s3-cache")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,14 +41,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="timed epochs per worker count (best is kept)")
     parser.add_argument("--pil", action="store_true", help="time the loader with PIL decoding (simplejpeg off)")
     parser.add_argument("--decode-sides", type=int, nargs="*", default=[512, 1024, 4000], help="JPEG sides to decode")
+    parser.add_argument(
+        "--stores", nargs="+", default=["local"], choices=STORES, help="where the dataset is read from (default local)"
+    )
     return parser.parse_args(argv)
 
 
-def time_loader(dataset_dir: Path, args: argparse.Namespace, workers: int) -> float:
-    """Best images/s over ``args.repeats`` epochs, after one untimed warm-up epoch (worker start-up)."""
+def time_loader(dataset_dir: Path | str, args: argparse.Namespace, workers: int, cache_dir: str | None = None) -> float:
+    """Best images/s over ``args.repeats`` epochs, after one untimed warm-up epoch (worker start-up, cache fill)."""
     train, _ = build_dataloaders(
         dataset_dir,
         args.size,
+        cache_dir=cache_dir,
         batch_size=args.batch_size,
         augment=AugmentOptions(scale_min=0.1, scale_max=2.0),  # the official COCO scale jitter
         num_workers=workers,
@@ -126,11 +135,31 @@ def main(argv: list[str] | None = None) -> int:
             f"batch {args.batch_size}, "
             f"{args.images} images per epoch, best of {args.repeats}"
         )
-        print(f"{'workers':>8} {'img/s total':>12} {'img/s per worker process':>25}")
-        for workers in args.workers:
-            rate = time_loader(dataset_dir, args, workers)
-            print(f"{workers:>8} {rate:>12.1f} {rate / max(1, workers):>25.1f}")
+        print(f"{'store':>9} {'workers':>8} {'img/s total':>12} {'img/s per worker process':>25}")
+        server = _start_s3(Path(tmp)) if any(store.startswith("s3") for store in args.stores) else None
+        try:
+            uri = server.upload_dir(dataset_dir, "bench", "set") if server else None
+            for store in args.stores:
+                for workers in args.workers:
+                    cache = tempfile.mkdtemp(dir=tmp) if store == "s3-cache" else None
+                    rate = time_loader(dataset_dir if store == "local" else uri, args, workers, cache)
+                    print(f"{store:>9} {workers:>8} {rate:>12.1f} {rate / max(1, workers):>25.1f}")
+        finally:
+            if server:
+                server.stop()
     return 0
+
+
+def _start_s3(tmp: Path):
+    """The tests' loopback S3 server (tests/s3_server.py), its endpoint and credentials in this process's env."""
+    import os
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from s3_server import start_s3_server
+
+    server = start_s3_server(tmp / "moto_server.log")
+    os.environ.update(server.env)
+    return server
 
 
 if __name__ == "__main__":

@@ -98,7 +98,10 @@ def check_shared_storage(config: PipelineConfig, tracking_uri: str) -> None:
 
 
 def _node_view(marker: str | None, token: str, data_file: str) -> list[str]:
-    """On one node: what it cannot see of the driver's marker file and of the dataset (empty when all is well)."""
+    """On one node: what it cannot see of the driver's marker file and of the dataset (empty when all is well). A
+    dataset in a bucket is read with this node's credentials."""
+    from pipeline.data import storage
+
     problems = []
     if marker is not None:
         try:
@@ -106,8 +109,11 @@ def _node_view(marker: str | None, token: str, data_file: str) -> list[str]:
                 problems.append(f"storage: {marker} holds another content (a different filesystem?)")
         except OSError as e:
             problems.append(f"storage: cannot read the probe file {marker} ({e.strerror or e})")
-    if not Path(data_file).is_file():
-        problems.append(f"data: no {data_file}")
+    try:
+        if not storage.is_file(data_file):
+            problems.append(f"data: no {data_file}")
+    except storage.StorageError as e:
+        problems.append(f"data: {e}")
     return problems
 
 
@@ -162,5 +168,8 @@ def _raise_for(nodes: list[dict], results: list[list[str]], shared_dir: Path | N
             f"node: mount it at the same path everywhere, or use {REMOTE_STORE_HINT}"
         )
     if any("data:" in line for line in lines):
-        fixes.append("data.dir must be on every node (a shared mount, or copied to the same path on each node)")
+        fixes.append(
+            "data.dir must be readable from every node: a bucket (s3://..., gs://...) with credentials on every node, "
+            "a shared mount, or a copy at the same path on each node"
+        )
     raise ConfigError("; ".join(fixes) + "\n  " + "\n  ".join(lines))

@@ -48,7 +48,13 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
 class DataConfig:
     """Where the dataset lives, how it is loaded, and the demo dataset generated when it is absent."""
 
+    # a local directory, or an object-store prefix (s3://bucket/set, gs://...; pipeline/data/storage.py)
     dir: str = "data/demo"
+    # remote datasets: keep each image on the node's disk after its first read (later epochs read disk); null = off
+    cache_dir: str | None = None
+    # image files read before training: all | sample:N (per split) | none; local files are decoded whole, objects in
+    # a bucket checked from their header (pipeline/data/validate.py)
+    check_images: str = "all"
     generate_if_missing: bool = True  # write the synthetic demo dataset into `dir` when it does not exist
     synth_preset: str = "shapes"  # generated dataset: shapes (the demo) | dense (small, overlapping objects)
     synth_images: int = 400  # demo dataset: total images (train + val)
@@ -66,6 +72,13 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.dir), "data.dir", self.dir, "must be a non-empty path")
+        _check(self.cache_dir != "", "data.cache_dir", self.cache_dir, "must be a path or null")
+        try:
+            from pipeline.data.validate import parse_image_check
+
+            parse_image_check(self.check_images)
+        except ValueError as e:
+            raise ConfigError(f"data.check_images: {e}") from None
         _choice("data.synth_preset", self.synth_preset, ("shapes", "dense"))
         _check(self.synth_images >= 2, "data.synth_images", self.synth_images, "must be >= 2")
         _check(self.synth_size >= 32, "data.synth_size", self.synth_size, "must be >= 32")

@@ -21,6 +21,7 @@ REQUIRED_MODULES: dict[str, str] = {
     "pillow": "PIL",
     "simplejpeg": "simplejpeg",
     "pycocotools": "pycocotools",
+    "pyarrow": "pyarrow",
     "albumentations": "albumentations",
     "matplotlib": "matplotlib",
     "ray": "ray",

@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline import tracking
 from pipeline.config import PipelineConfig, replace
+from pipeline.data import storage
 from pipeline.data.anchor_fit import describe
 from pipeline.data.augment_spec import AugmentOptions
 from pipeline.training.schedule import Schedule, resolve_schedule, steps_per_epoch
@@ -32,18 +33,19 @@ class ResolvedJob:
     coverage: tuple[float, float]  # share of training boxes with an anchor at IoU >= 0.5: nominal, under jitter
     analysis: Any  # pipeline.data.analyze.Analysis of the training boxes (for the anchor plot)
     notes: tuple[str, ...]  # what the header must say besides the facts (ignored settings, warnings)
+    datasets: tuple[tracking.DatasetSplit, ...] = ()  # each split by reference: source, fingerprint, sizes
 
 
 def absolute_paths(config: PipelineConfig) -> PipelineConfig:
     """Workers chdir into a Ray session folder: every local path must be absolute before they see it."""
-    storage = config.ray.storage_path
-    if not is_uri(storage):
-        storage = str(Path(storage).resolve())
+    checkpoints = config.ray.storage_path
+    if not is_uri(checkpoints):
+        checkpoints = str(Path(checkpoints).resolve())
     marker = config.train.fault_marker
     return replace(
         config,
-        data={"dir": str(Path(config.data.dir).resolve())},
-        ray={"storage_path": storage},
+        data={"dir": storage.absolute(config.data.dir)},
+        ray={"storage_path": checkpoints},
         train={
             "output_dir": str(Path(config.train.output_dir).resolve()),
             "fault_marker": str(Path(marker).resolve()) if marker else None,
@@ -65,7 +67,7 @@ def resolve_job(config: PipelineConfig) -> ResolvedJob:
     uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri)
     tracking.check_tracking_store(uri)
     ensure_dataset(config.data)
-    report = validate_dataset(config.data.dir)
+    report = validate_dataset(config.data.dir, check_images=config.data.check_images)
     report.raise_if_fatal()
     analysis = analyze(config)
     if config.model.needs_fit:
@@ -95,6 +97,27 @@ def resolve_job(config: PipelineConfig) -> ResolvedJob:
         coverage=(nominal, jittered),
         analysis=analysis,
         notes=tuple(notes),
+        datasets=dataset_splits(config.data.dir, report.num_images, report.num_annotations),
+    )
+
+
+def dataset_splits(
+    dataset_dir: str, images: dict[str, int], boxes: dict[str, int]
+) -> tuple[tracking.DatasetSplit, ...]:
+    """The dataset's splits as MLflow dataset inputs (the digest reads each split's annotations and file sizes)."""
+    from pipeline.data import dataset_fingerprint
+
+    name = storage.display_name(dataset_dir)
+    return tuple(
+        tracking.DatasetSplit(
+            name=f"{name}-{split}",
+            split=split,
+            source=dataset_dir,
+            digest=dataset_fingerprint(dataset_dir, split),
+            images=images.get(split, 0),
+            annotations=boxes.get(split, 0),
+        )
+        for split in images
     )
 
 

@@ -185,14 +185,15 @@ def run_name(config: PipelineConfig, resume: bool) -> str:
     return name
 
 
-def _mlflow_run(config: PipelineConfig, uri: str, name: str, label_map: dict, resume: bool) -> tracking.RunHandle:
+def _mlflow_run(job: ResolvedJob, name: str, resume: bool) -> tracking.RunHandle:
     """Continue the run's MLflow run on resume (same tracking store), else start one."""
+    config, uri = job.config, job.tracking_uri
     meta = _meta_dir(config) / f"{name}.json"
     if resume and meta.is_file():
         handle = tracking.RunHandle.load(meta)
         if handle.tracking_uri == uri:
             return tracking.resume_run(handle)
-    handle = tracking.start_run(config, uri, label_map, record=meta)
+    handle = tracking.start_run(config, uri, job.label_map, record=meta, datasets=job.datasets)
     (meta.parent / "latest").write_text(name, encoding="utf-8")
     return handle
 
@@ -245,7 +246,7 @@ def train(job: ResolvedJob | PipelineConfig, resume: bool = False, name: str | N
     name = name or run_name(config, resume)
     started_ray = init_ray(config, job.tracking_uri)
     try:
-        run = _mlflow_run(config, job.tracking_uri, name, job.label_map, resume)
+        run = _mlflow_run(job, name, resume)
         _log_anchor_plot(job, run, Path(config.train.output_dir) / name)
         last = _fit(config, name, run)
     finally:

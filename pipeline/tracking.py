@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,14 +157,52 @@ def ensure_experiment(client, name: str, tracking_uri: str) -> str:
         return experiment.experiment_id
 
 
+@dataclass(frozen=True)
+class DatasetSplit:
+    """One split of the run's dataset, logged as an MLflow dataset input (by reference: nothing is uploaded)."""
+
+    name: str  # "<dataset>-<split>"
+    split: str  # train | val
+    source: str  # the dataset directory: an absolute path or a URI
+    digest: str  # `pipeline.data.dataset_fingerprint`: the registry's comparability key
+    images: int
+    annotations: int
+
+
+DATASET_CONTEXT = {"train": "training", "val": "validation"}
+
+
+def log_datasets(handle: RunHandle, splits: Sequence[DatasetSplit]) -> None:
+    """Each split as a dataset input of the run: source, digest, and its sizes as the profile."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = [
+        DatasetInput(
+            Dataset(
+                name=s.name,
+                digest=s.digest,
+                source_type=s.source.split("://", 1)[0] if is_uri(s.source) else "local",
+                source=json.dumps({"uri": s.source}),
+                profile=json.dumps({"images": s.images, "annotations": s.annotations}),
+            ),
+            tags=[InputTag("mlflow.data.context", DATASET_CONTEXT.get(s.split, s.split))],
+        )
+        for s in splits
+    ]
+    if inputs:
+        handle.client().log_inputs(handle.run_id, datasets=inputs)
+
+
 def start_run(
     config: PipelineConfig,
     tracking_uri: str,
     label_map: Mapping[str, Any],
     tags: Mapping[str, str] | None = None,
     record: Path | None = None,
+    datasets: Sequence[DatasetSplit] = (),
 ) -> RunHandle:
-    """Create the run, log the flattened config as params and the config YAML + label map as artifacts.
+    """Create the run, log the flattened config as params, the config YAML + label map as artifacts and the dataset
+    splits as inputs.
 
     `tags` add to (or replace) `pipeline.job=train`; a child run of a search carries `mlflow.parentRunId`.
     `record`: a file that keeps the run's handle, so a resumed job continues the same run (`RunHandle.load`)."""
@@ -181,6 +219,7 @@ def start_run(
     )
     handle = RunHandle(tracking_uri, experiment_id, run.info.run_id)
     log_params(handle, flatten(config))
+    log_datasets(handle, datasets)
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifact(handle.run_id, str(save_config(config, Path(tmp) / "config.yaml")))
         label_map_file = Path(tmp) / "label_map.json"

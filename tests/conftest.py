@@ -53,3 +53,25 @@ def check_plot():
         assert 0.002 < dark < 0.5 and light > 0.3, f"{path}: {dark:.1%} dark, {light:.1%} light pixels"
 
     return check
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API on 127.0.0.1 (tests/s3_server.py). Its endpoint and credentials are in `os.environ` for the
+    rest of the session, as a node's would be: Ray workers started after it inherit them."""
+    from s3_server import start_s3_server
+
+    from pipeline.data import storage
+
+    server = start_s3_server(tmp_path_factory.mktemp("s3") / "moto_server.log")
+    saved = {key: os.environ.get(key) for key in server.env}
+    os.environ.update(server.env)
+    storage._s3.cache_clear()
+    yield server
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    storage._s3.cache_clear()

@@ -36,9 +36,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     voc.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     voc.set_defaults(func=_import_voc)
 
-    validate = actions.add_parser("validate", help="report every problem of a dataset directory")
-    validate.add_argument("dataset_dir")
-    validate.add_argument("--skip-images", action="store_true", help="do not open and decode the image files")
+    validate = actions.add_parser("validate", help="report every problem of a dataset directory or bucket prefix")
+    validate.add_argument("dataset_dir", help="a local directory or an object-store prefix (s3://bucket/set, gs://...)")
+    validate.add_argument(
+        "--check-images",
+        default="all",
+        metavar="all|sample:N|none",
+        help="image files to read: all (default), a fixed sample of N per split, or none; local files are decoded "
+        "whole, objects in a bucket checked from their header (format and size)",
+    )
+    validate.add_argument("--skip-images", action="store_true", help="the same as --check-images none")
     validate.set_defaults(func=_validate)
 
     from pipeline.cli.common import add_config_arguments
@@ -77,9 +84,14 @@ def _import_voc(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from pipeline.data.layout import DatasetError
     from pipeline.data.validate import validate_dataset
 
-    report = validate_dataset(args.dataset_dir, check_images=not args.skip_images)
+    try:
+        report = validate_dataset(args.dataset_dir, check_images="none" if args.skip_images else args.check_images)
+    except (DatasetError, ValueError) as e:  # an unreachable bucket, a bad --check-images
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     for problem in report.problems:
         print(problem)
     print(report.summary())

@@ -9,6 +9,7 @@ import sys
 from datetime import UTC
 
 from pipeline.cli.common import add_tracking_uri, guarded, tracking_uri
+from pipeline.data import storage
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -106,7 +107,6 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from pipeline.registry import dataset_fingerprint, register_from_checkpoint
     from pipeline.training.checkpoint import CheckpointError
@@ -117,7 +117,7 @@ def _register(args: argparse.Namespace) -> int:
             args.name,
             tracking_uri(args),
             metrics=None,  # the chosen weights' val metrics, from the checkpoint
-            dataset_fingerprint=dataset_fingerprint(Path(args.data).resolve(), "val"),
+            dataset_fingerprint=dataset_fingerprint(storage.absolute(args.data), "val"),
             run_id=args.run_id,
             weights=args.weights,
             force=args.force,

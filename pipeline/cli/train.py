@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.common import add_config_arguments, add_register_arguments, stop_gracefully_on_sigterm, train_config
+from pipeline.data import storage
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -90,7 +91,7 @@ def next_steps(config, outcome, registration) -> list[str]:
     run = _this_pipeline()
     lines = ["next:"]
     if registration is None:
-        name = f"effdet-{Path(config.data.dir).name}"
+        name = f"effdet-{storage.display_name(config.data.dir)}"
         lines.append(
             f"  register it:  {run} registry register {shlex.quote(str(checkpoint))} {name} "
             f"--data {shlex.quote(config.data.dir)}{uri}"
@@ -126,7 +127,7 @@ def _register(args: argparse.Namespace, config, outcome):
         args.register,
         outcome.run.tracking_uri,
         metrics=None,  # the best epoch's metrics, read from the checkpoint
-        dataset_fingerprint=dataset_fingerprint(Path(config.data.dir).resolve(), "val"),
+        dataset_fingerprint=dataset_fingerprint(storage.absolute(config.data.dir), "val"),
         run_id=outcome.run.run_id,
         force=args.force_champion,
     )

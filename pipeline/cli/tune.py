@@ -17,6 +17,7 @@ from pipeline.cli.common import (
     load_job_config,
     stop_gracefully_on_sigterm,
 )
+from pipeline.data import storage
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -59,11 +60,11 @@ def _base_config(args: argparse.Namespace):
 
 
 def _options(args: argparse.Namespace, config):
-    from pathlib import Path
 
     from pipeline.tuning import SearchOptions
 
-    register = None if args.no_register else (args.register or f"effdet-{Path(config.data.dir).resolve().name}")
+    dataset_name = storage.display_name(storage.absolute(config.data.dir))
+    register = None if args.no_register else (args.register or f"effdet-{dataset_name}")
     return SearchOptions(
         spaces=tuple(args.spaces),
         num_samples=args.num_samples,

@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "DetectionDataset": "dataset",
     "collate_fn": "dataset",
     "to_original_coordinates": "dataset",
+    "dataset_fingerprint": "fingerprint",
     "SPLITS": "layout",
     "DatasetError": "layout",
     "LabelMap": "layout",

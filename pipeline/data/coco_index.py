@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
 
+from pipeline.data import storage
 from pipeline.data.layout import DatasetError, LabelMap, annotation_path, image_file, images_dir
 from pipeline.data.validate import clip_bbox, complete_annotations
 
@@ -27,7 +26,7 @@ class ImageRecord:
     """One image of a split: file, size and its non-crowd boxes in original pixels."""
 
     image_id: int
-    path: Path
+    path: storage.Location  # a local Path, or an object URI
     width: int
     height: int
     boxes: np.ndarray  # float32 [n, 4] xyxy original px, clipped to the image
@@ -45,25 +44,24 @@ def coco_from_dict(data: dict[str, Any]) -> COCO:
     return coco
 
 
-def load_coco(path: str | os.PathLike) -> COCO:
-    """A pycocotools COCO read from a JSON file; a malformed file raises `DatasetError`."""
+def load_coco(path: storage.Location) -> COCO:
+    """A pycocotools COCO read from a JSON file or object; a malformed or unreadable one raises `DatasetError`."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(storage.read_text(path))
+    except storage.StorageError:
+        raise
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path}: cannot read COCO JSON: {e}") from e
     return coco_from_dict(data)
 
 
-def build_records(coco: COCO, image_root: Path, label_map: LabelMap) -> list[ImageRecord]:
+def build_records(coco: COCO, image_root: storage.Location, label_map: LabelMap) -> list[ImageRecord]:
     """Training records for every image of ``coco`` (images without boxes are kept)."""
     records = []
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
         if not image_file(image_root, info["file_name"])[1]:
-            raise DatasetError(
-                f"image id {image_id}: file_name {info['file_name']!r} resolves outside {image_root.resolve()}"
-            )
+            raise DatasetError(f"image id {image_id}: file_name {info['file_name']!r} resolves outside {image_root}")
         width, height = int(info["width"]), int(info["height"])
         boxes, labels = [], []
         for ann in coco.imgToAnns.get(image_id, []):
@@ -77,7 +75,7 @@ def build_records(coco: COCO, image_root: Path, label_map: LabelMap) -> list[Ima
         records.append(
             ImageRecord(
                 image_id=int(image_id),
-                path=image_root / info["file_name"],
+                path=storage.join(image_root, info["file_name"]),
                 width=width,
                 height=height,
                 boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
@@ -88,7 +86,7 @@ def build_records(coco: COCO, image_root: Path, label_map: LabelMap) -> list[Ima
 
 
 def load_split(
-    dataset_dir: str | os.PathLike, split: str, label_map: LabelMap | None = None
+    dataset_dir: storage.Location, split: str, label_map: LabelMap | None = None
 ) -> tuple[COCO, LabelMap, list[ImageRecord]]:
     """The pycocotools ground truth, label map and training records of one split.
 

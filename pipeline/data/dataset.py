@@ -15,39 +15,48 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.data.coco_index import ImageRecord, load_split
-from pipeline.data.decode import decode_rgb, image_size, read_file
-from pipeline.data.layout import DatasetError, LabelMap
+from pipeline.data.decode import decode_rgb, image_size
+from pipeline.data.layout import DatasetError, LabelMap, images_dir
+from pipeline.data.storage import Location, ObjectReader, StorageError
 from pipeline.data.transforms import DetectionTransform
 
 Target = dict[str, Any]
 
 
 class DetectionDataset(Dataset):
-    """One split (``"train"`` or ``"val"``) of a dataset directory.
+    """One split (``"train"`` or ``"val"``) of a dataset directory, local or in an object store.
 
     ``coco`` is the split's pycocotools ground truth (for `pipeline.evaluation.evaluate_coco`),
-    ``label_map`` the category-id <-> label map (the split's own unless one is given).
+    ``label_map`` the category-id <-> label map (the split's own unless one is given). ``cache_dir`` keeps a
+    remote dataset's images on this node's disk after their first read (`pipeline.data.storage.ObjectReader`).
     """
 
     def __init__(
         self,
-        dataset_dir: str | os.PathLike,
+        dataset_dir: Location,
         split: str,
         transform: DetectionTransform | None,
         label_map: LabelMap | None = None,
+        cache_dir: str | None = None,
     ) -> None:
-        self.dataset_dir = str(dataset_dir)
+        self.dataset_dir = os.fspath(dataset_dir)
         self.split = split
         self.transform = transform
         self.coco, self.label_map, self.records = load_split(dataset_dir, split, label_map)
+        self.reader = ObjectReader.for_images(images_dir(dataset_dir), cache_dir)
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a loader process started by forkserver/spawn receives: not `coco`, the pycocotools index (hundreds of
+        MB for COCO), which only evaluation in the main process reads."""
+        return {**self.__dict__, "coco": None}
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         record = self.records[index]
         min_size = self.transform.min_source_size(record.height, record.width)
-        image = read_rgb(record, min_size)  # uint8 [h', w', 3]: the file's size, or a JPEG decoded smaller
+        image = read_rgb(record, min_size, self.reader)  # uint8 [h', w', 3]: the file's size, or a JPEG decoded smaller
         # decoded px per original px: 1, or about 1/2, 1/4, 1/8 (sides round up, so each axis has its own)
         shrink_y, shrink = image.shape[0] / record.height, image.shape[1] / record.width
         boxes = np.asarray(record.boxes, np.float32).reshape(-1, 4) * np.float32([shrink, shrink_y] * 2)
@@ -62,15 +71,19 @@ class DetectionDataset(Dataset):
         return tensor, target
 
 
-def read_rgb(record: ImageRecord, min_size: tuple[int, int] | None = None) -> np.ndarray:
+def read_rgb(
+    record: ImageRecord, min_size: tuple[int, int] | None = None, reader: ObjectReader | None = None
+) -> np.ndarray:
     """The record's image as uint8 [h, w, 3] (a JPEG possibly decoded smaller, at least `min_size` (h, w): see
     `pipeline.data.decode`); a missing or corrupt file, or one whose size differs from the annotations', names the
     image id."""
     try:
-        data = read_file(record.path)
+        data = (reader or ObjectReader()).read(record.path)
         height, width = image_size(data)
         if (height, width) == (record.height, record.width):
             image = decode_rgb(data, min_size)
+    except StorageError as e:
+        raise DatasetError(f"image id {record.image_id}: {e}") from e
     except Exception as e:  # PIL and simplejpeg raise many types for unreadable files
         raise DatasetError(f"{record.path}: image id {record.image_id}: cannot read image: {e}") from e
     if (height, width) != (record.height, record.width):

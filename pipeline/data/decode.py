@@ -11,7 +11,6 @@ PIL at full size.
 from __future__ import annotations
 
 import io
-import os
 
 import numpy as np
 from PIL import Image
@@ -58,8 +57,3 @@ def decode_rgb(data: bytes, min_size: tuple[int, int] | None = None) -> np.ndarr
 
 def _fits(height: int, width: int, shrink: int, min_size: tuple[int, int]) -> bool:
     return -(-height // shrink) >= min_size[0] and -(-width // shrink) >= min_size[1]
-
-
-def read_file(path: str | os.PathLike) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()

@@ -1,6 +1,7 @@
-"""The dataset directory layout, the category-id <-> label map, and the dataset error type.
+"""The dataset directory layout and the category-id <-> label map.
 
-A dataset directory is the single on-disk format of the pipeline::
+A dataset directory is the single format of the pipeline, on local disk or under an object-store prefix
+(`s3://bucket/set`, see `pipeline.data.storage`)::
 
     DIR/images/...              image files (``file_name`` in the JSON is relative to DIR/images)
     DIR/annotations/train.json  COCO detection JSON
@@ -19,28 +20,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.data import storage
+from pipeline.data.storage import DatasetError as DatasetError  # re-exported: the dataset error type
+from pipeline.data.storage import Location
+
 SPLITS: tuple[str, ...] = ("train", "val")
 
 
-class DatasetError(ValueError):
-    """A user error in a dataset: the message names the file and the record id."""
+def images_dir(dataset_dir: Location) -> Location:
+    """DIR/images: a `Path` for a local dataset, a URI string for a remote one (so are the functions below)."""
+    return storage.join(dataset_dir, "images")
 
 
-def images_dir(dataset_dir: str | os.PathLike) -> Path:
-    return Path(dataset_dir) / "images"
-
-
-def annotation_path(dataset_dir: str | os.PathLike, split: str) -> Path:
+def annotation_path(dataset_dir: Location, split: str) -> Location:
     if split not in SPLITS:
         raise ValueError(f"split {split!r} not supported; choose one of {list(SPLITS)}")
-    return Path(dataset_dir) / "annotations" / f"{split}.json"
+    return storage.join(dataset_dir, "annotations", f"{split}.json")
 
 
-def image_file(image_root: Path, file_name: str) -> tuple[Path, bool]:
-    """`(resolved path, inside)` of an annotation's `file_name`: the one rule for a path that escapes the images
+def image_file(image_root: Location, file_name: str) -> tuple[Location, bool]:
+    """`(resolved location, inside)` of an annotation's `file_name`: the one rule for a path that escapes the images
     folder (`../../etc/passwd`, an absolute path), which must never be read."""
-    target = (image_root / file_name).resolve()
-    return target, target.is_relative_to(image_root.resolve())
+    if storage.is_remote(image_root):  # an object key is literal: refuse any `..` part or an absolute name
+        inside = not file_name.startswith("/") and ".." not in file_name.split("/")
+        return storage.join(image_root, file_name), inside
+    root = Path(image_root)
+    target = (root / file_name).resolve()
+    return target, target.is_relative_to(root.resolve())
 
 
 @dataclass(frozen=True)
@@ -96,13 +102,14 @@ class LabelMap:
         return cls(tuple(int(c) for c in data["category_ids"]), tuple(str(n) for n in data["names"]))
 
 
-def load_label_map(dataset_dir: str | os.PathLike, split: str = "train") -> LabelMap:
+def load_label_map(dataset_dir: Location, split: str = "train") -> LabelMap:
     """The label map of a dataset directory, read from the categories of ``split``."""
     path = annotation_path(dataset_dir, split)
     try:
-        with open(path, encoding="utf-8") as f:
-            categories = json.load(f)["categories"]
+        categories = json.loads(storage.read_text(path))["categories"]
         return LabelMap.from_categories(categories)
+    except storage.StorageError:
+        raise
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DatasetError(f"{path}: cannot read categories: {e}") from e
 

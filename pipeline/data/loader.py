@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from pipeline.data import storage
 from pipeline.data.augment_spec import parse_augment
 from pipeline.data.coco_index import ImageRecord
 from pipeline.data.dataset import DetectionDataset, collate_fn
@@ -90,7 +90,7 @@ def _seed_worker(worker_id: int, rank: int) -> None:
 
 
 def build_dataloaders(
-    dataset_dir: str | os.PathLike,
+    dataset_dir: storage.Location,
     image_size: int | tuple[int, int],
     *,
     batch_size: int,
@@ -107,27 +107,31 @@ def build_dataloaders(
     seed: int = 0,
     validate: bool = True,
     check_images: bool = True,
+    cache_dir: str | None = None,
 ) -> DataLoaders:
     """Train and val loaders of ``dataset_dir`` for worker ``rank`` of ``world_size``.
 
     ``validate`` runs `validate_dataset` first and raises `DatasetError` on fatal problems
     (``check_images=False`` skips decoding every image, e.g. on workers after the driver checked).
-    ``pin_memory`` (for a GPU) makes the host-to-device copy asynchronous.
+    ``pin_memory`` (for a GPU) makes the host-to-device copy asynchronous. ``cache_dir`` keeps a remote dataset's
+    images on this node's disk after their first read.
     Train batches have exactly ``batch_size`` images and every image is seen at least once per
     epoch (see `FullBatchDistributedSampler`). ``train.dataset.label_map`` and ``val.dataset.coco``
     give the label map and the validation ground truth.
     """
     if validate:
         validate_dataset(dataset_dir, check_images=check_images).raise_if_fatal()
-    train_set = DetectionDataset(dataset_dir, "train", None, label_map)
+    train_set = DetectionDataset(dataset_dir, "train", None, label_map, cache_dir=cache_dir)
     options = training_augmentation(augment or parse_augment("default"), train_set.records, image_size)
     train_set.transform = DetectionTransform(image_size, mean, std, train=True, options=options, seed=seed + rank)
     val_tf = DetectionTransform(image_size, mean, std, train=False)
-    val_set = DetectionDataset(dataset_dir, "val", val_tf, train_set.label_map)
+    val_set = DetectionDataset(dataset_dir, "val", val_tf, train_set.label_map, cache_dir=cache_dir)
     train_sampler = FullBatchDistributedSampler(train_set, batch_size, world_size, rank, shuffle=True, seed=seed)
     common = {"num_workers": num_workers, "collate_fn": collate_fn, "pin_memory": pin_memory}
     if num_workers > 0:  # processes that outlive an epoch, each `prefetch_factor` batches ahead
         common.update(persistent_workers=True, prefetch_factor=prefetch_factor)
+        if storage.is_remote(dataset_dir):  # the AWS SDK is not fork-safe once used (the JSON was read here)
+            common.update(multiprocessing_context="forkserver")
     train = DataLoader(
         train_set,
         batch_size=batch_size,

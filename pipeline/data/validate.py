@@ -1,8 +1,12 @@
 """Validation of a dataset directory before any training starts.
 
-`validate_dataset(dir)` reads every split's COCO JSON and every image, and reports each problem
+`validate_dataset(dir)` reads every split's COCO JSON and checks the images, and reports each problem
 with its file and record id. Fatal problems make training unsafe (`raise_if_fatal`); fixable
 ones (a box partly outside its image) are clipped when the dataset is loaded and counted here.
+
+Images are checked `all`, `sample:N` (a fixed sample of N per split) or `none`. A local image is decoded
+whole (truncated files fail); an object in a bucket is checked from its first bytes (format and size from
+the header, one ranged read each, many at once), which is what makes a 100k-image bucket checkable.
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
+import re
+import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +26,12 @@ from typing import Any
 
 from PIL import Image
 
+from pipeline.data import storage
+from pipeline.data.decode import image_size
 from pipeline.data.layout import SPLITS, DatasetError, annotation_path, image_file, images_dir
+
+HEADER_BYTES = 64 * 1024  # a JPEG's size marker follows its EXIF block, which can take most of this
+REMOTE_CHECKS_AT_ONCE = 32  # concurrent ranged reads against a bucket (I/O bound: threads wait on the network)
 
 # Problem kinds. Every kind is fatal except BOX_CLIPPED and FILLED_FIELD.
 MALFORMED_JSON = "malformed_json"
@@ -64,6 +76,8 @@ class ValidationReport:
     num_images: dict[str, int] = field(default_factory=dict)
     num_annotations: dict[str, int] = field(default_factory=dict)
     filled: Counter = field(default_factory=Counter)  # field -> annotations that lacked it (filled with defaults)
+    images_checked: int = 0  # image files read (all, a sample, or none)
+    check_seconds: float = 0.0  # wall time spent on them
 
     @property
     def fatal(self) -> list[Problem]:
@@ -81,9 +95,11 @@ class ValidationReport:
         counts = ", ".join(f"{s}: {self.num_images.get(s, 0)} images" for s in self.num_images)
         clipped = sum(p.kind == BOX_CLIPPED for p in self.problems)
         filled = "".join(f", {n} annotation(s) without {key!r} filled" for key, n in sorted(self.filled.items()) if n)
+        rate = self.images_checked / self.check_seconds if self.check_seconds > 0 else 0.0
+        checked = f"; {self.images_checked} image files checked ({rate:.0f}/s)" if self.images_checked else ""
         return (
             f"{self.dataset_dir}: {len(self.fatal)} fatal problem(s), "
-            f"{clipped} fixable (boxes clipped to their image){filled}; {counts}"
+            f"{clipped} fixable (boxes clipped to their image){filled}; {counts}{checked}"
         )
 
     def raise_if_fatal(self) -> None:
@@ -93,18 +109,34 @@ class ValidationReport:
             raise DatasetError(f"dataset {self.dataset_dir} is unsafe to train on:\n{lines}")
 
 
+def parse_image_check(check: bool | str) -> int | None:
+    """`all` (or True) -> None: every image; `sample:N` -> N per split; `none` (or False) -> 0."""
+    if check is True or check == "all":
+        return None
+    if check is False or check == "none":
+        return 0
+    match = re.fullmatch(r"sample:(\d+)", str(check))
+    if not match:
+        raise ValueError(f"image check {check!r} not supported; choose all, none or sample:N (e.g. sample:500)")
+    return int(match.group(1))
+
+
 def validate_dataset(
-    dataset_dir: str | os.PathLike, splits: Sequence[str] = SPLITS, check_images: bool = True
+    dataset_dir: storage.Location, splits: Sequence[str] = SPLITS, check_images: bool | str = True
 ) -> ValidationReport:
-    """Validate every split of a dataset directory; ``check_images`` decodes every image file."""
-    report = ValidationReport(str(dataset_dir))
+    """Validate every split of a dataset directory; ``check_images`` is `all` (True), `sample:N` or `none` (False)."""
+    limit = parse_image_check(check_images)
+    report = ValidationReport(os.fspath(dataset_dir))
     categories: dict[str, dict[int, str]] = {}
     for split in splits:
         path = annotation_path(dataset_dir, split)
         data = _load_json(path, report)
         if data is None:
             continue
-        problems = validate_coco(data, str(path), images_dir(dataset_dir), check_images)
+        start = time.perf_counter()
+        problems = validate_coco(data, str(path), images_dir(dataset_dir), limit)
+        report.check_seconds += time.perf_counter() - start
+        report.images_checked += len(data["images"]) if limit is None else min(limit, len(data["images"]))
         report.problems.extend(problems)
         report.num_images[split] = len(data["images"])
         report.num_annotations[split] = len(data["annotations"])
@@ -120,14 +152,13 @@ def validate_dataset(
     return report
 
 
-def _load_json(path: Path, report: ValidationReport) -> dict[str, Any] | None:
-    """The parsed JSON, or None after recording why it cannot be used."""
-    if not path.is_file():
+def _load_json(path: storage.Location, report: ValidationReport) -> dict[str, Any] | None:
+    """The parsed JSON, or None after recording why it cannot be used (a bucket that cannot be reached raises)."""
+    if not storage.is_file(path):
         report.problems.append(Problem(MISSING_SPLIT, str(path), "file", "annotation file not found"))
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(storage.read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         record = f"line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else "file"
         report.problems.append(Problem(MALFORMED_JSON, str(path), record, f"not valid JSON: {e}"))
@@ -143,9 +174,10 @@ def _load_json(path: Path, report: ValidationReport) -> dict[str, Any] | None:
 
 
 def validate_coco(
-    data: dict[str, Any], json_file: str, image_root: str | os.PathLike, check_images: bool = True
+    data: dict[str, Any], json_file: str, image_root: storage.Location, image_limit: int | None = None
 ) -> list[Problem]:
-    """Problems of one parsed COCO detection dict whose images live under ``image_root``."""
+    """Problems of one parsed COCO detection dict whose images live under ``image_root``; ``image_limit`` images
+    are read (None: all; a seeded sample otherwise)."""
     problems: list[Problem] = []
 
     def well_formed(key: str, name: str, is_valid) -> list[dict[str, Any]]:
@@ -158,14 +190,17 @@ def validate_coco(
         for record_id, count in Counter(r["id"] for r in records).items():
             if count > 1:
                 problems.append(Problem(DUPLICATE_ID, json_file, f"{name} id {record_id}", f"used {count} times"))
-    problems.extend(_escaping_paths(images, json_file, Path(image_root)))
+    problems.extend(_escaping_paths(images, json_file, image_root))
     category_ids = {c["id"] for c in categories}
     by_id = {im["id"]: im for im in images}
     for ann in annotations:
         problems.extend(_check_annotation(ann, json_file, by_id, category_ids))
     problems.extend(_missing_field_notes(annotations, json_file))
-    if check_images:
-        problems.extend(_check_image_files(images, json_file, Path(image_root)))
+    if image_limit is None or image_limit >= len(images):
+        problems.extend(_check_image_files(images, json_file, image_root))
+    elif image_limit > 0:
+        sample = random.Random(0).sample(images, image_limit)
+        problems.extend(_check_image_files(sorted(sample, key=lambda im: im["id"]), json_file, image_root))
     return problems
 
 
@@ -272,35 +307,59 @@ def _check_annotation(
     return problems
 
 
-def _escaping_paths(images: list[dict[str, Any]], json_file: str, root: Path) -> list[Problem]:
+def _escaping_paths(images: list[dict[str, Any]], json_file: str, root: storage.Location) -> list[Problem]:
     """Image records whose file resolves outside the images folder: reading them would read any file the user can."""
     problems = []
     for im in images:
         target, inside = image_file(root, im["file_name"])
         if not inside:
-            message = f"file_name {im['file_name']!r} resolves to {target}, outside {root.resolve()}"
+            message = f"file_name {im['file_name']!r} resolves to {target}, outside {storage.absolute(root)}"
             problems.append(Problem(PATH_ESCAPE, json_file, f"image id {im['id']}", message))
     return problems
 
 
-def _check_image_files(images: list[dict[str, Any]], json_file: str, root: Path) -> list[Problem]:
+def _check_image_files(images: list[dict[str, Any]], json_file: str, root: storage.Location) -> list[Problem]:
+    remote = storage.is_remote(root)
+
     def check(im: dict[str, Any]) -> Problem | None:
-        path = root / im["file_name"]
         if not image_file(root, im["file_name"])[1]:
             return None  # reported as PATH_ESCAPE; never opened
+        path = storage.join(root, im["file_name"])
         record = f"image id {im['id']} ({path})"
-        if not path.is_file():
-            return Problem(MISSING_IMAGE, json_file, record, "image file not found")
         try:
-            with Image.open(path) as f:
-                size = f.size
-                f.load()  # decode every pixel: truncated files fail here
+            size = _remote_image_size(path) if remote else _decoded_image_size(Path(path))
+        except (FileNotFoundError, storage.ObjectNotFound):
+            return Problem(MISSING_IMAGE, json_file, record, "image file not found")
         except Exception as e:  # PIL raises many types for corrupt files
-            return Problem(CORRUPT_IMAGE, json_file, record, f"cannot decode image: {e}")
+            return Problem(CORRUPT_IMAGE, json_file, record, f"cannot {'read' if remote else 'decode'} image: {e}")
         if size != (im["width"], im["height"]):
             message = f"image is {size[0]}x{size[1]}, JSON says {im['width']}x{im['height']}"
             return Problem(SIZE_MISMATCH, json_file, record, message)
         return None
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    workers = REMOTE_CHECKS_AT_ONCE if remote else min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         return [p for p in pool.map(check, images) if p is not None]
+
+
+def _decoded_image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a local image after decoding every pixel: a truncated file fails here."""
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    with Image.open(path) as f:
+        size = f.size
+        f.load()
+    return size
+
+
+def _remote_image_size(location: str) -> tuple[int, int]:
+    """(width, height) of an object from its header: the first bytes, or the whole object when the header is
+    longer."""
+    head = storage.read_head(location, HEADER_BYTES)
+    try:
+        height, width = image_size(head)
+    except Exception:
+        if len(head) < HEADER_BYTES:
+            raise  # the whole object was read: it is not an image
+        height, width = image_size(storage.read_bytes(location))
+    return width, height

@@ -19,6 +19,7 @@ from pipeline.data import (
     annotation_path,
     collate_fn,
     load_coco,
+    storage,
 )
 from pipeline.registry.predict import Detector
 
@@ -28,7 +29,7 @@ EVALUATION_EXPERIMENT = "model-evaluation"
 def check_categories(dataset_dir: str | os.PathLike, split: str, label_map: LabelMap) -> None:
     """The dataset's categories must be the model's, id for id and name for name."""
     path = annotation_path(dataset_dir, split)
-    if not path.is_file():
+    if not storage.is_file(path):
         raise DatasetError(f"{path}: no annotations for split {split!r}")
     dataset_map = LabelMap.from_categories(load_coco(path).dataset.get("categories", []))
     if dataset_map != label_map:
@@ -76,7 +77,7 @@ def log_evaluation(
     params = {
         "model_name": model_version.name,
         "model_version": str(model_version.version),
-        "data_dir": str(os.path.abspath(dataset_dir)),
+        "data_dir": storage.absolute(dataset_dir),
         "split": split,
         "dataset_fingerprint": fingerprint,
         "registered_dataset_fingerprint": model_version.tags.get("dataset_fingerprint", ""),

@@ -6,8 +6,6 @@ versions without downloading them.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import subprocess
@@ -15,33 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from effdet_core import EfficientDet, model_cost
-from pipeline.data import DatasetError, annotation_path, images_dir
+from pipeline.data.fingerprint import dataset_fingerprint as dataset_fingerprint  # re-exported
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # metric name in the version tags -> names accepted in the metrics dict (training reports val_*)
 METRIC_ALIASES: dict[str, tuple[str, ...]] = {"val_AP": ("val_AP", "AP"), "val_AP50": ("val_AP50", "AP50")}
-
-
-def dataset_fingerprint(dataset_dir: str | os.PathLike, split: str = "val") -> str:
-    """sha256 (first 16 hex digits) of the split's annotations (canonical JSON) and its image file names + sizes.
-
-    Two evaluations are only comparable when their fingerprints match; editing a box, a category or an image
-    file (size change) changes it, reformatting the JSON does not.
-    """
-    path = annotation_path(dataset_dir, split)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        file_names = sorted(str(image["file_name"]) for image in data["images"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DatasetError(f"{path}: cannot read annotations for the dataset fingerprint: {e}") from None
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
-    root = images_dir(dataset_dir)
-    for name in file_names:
-        file = root / name
-        if not file.is_file():
-            raise DatasetError(f"{path}: image file {file} listed in the annotations does not exist")
-        digest.update(f"\n{name}\t{file.stat().st_size}".encode())
-    return digest.hexdigest()[:16]
 
 
 def code_version(repo: str | os.PathLike = REPO_ROOT) -> str:

@@ -19,14 +19,15 @@ class Inputs:
     label_map: dict[str, list]  # LabelMap.to_dict(): what checkpoints carry
 
 
-def ensure_dataset(data: DataConfig) -> Path:
-    """The dataset directory; the synthetic demo dataset is written there first if it is absent and allowed."""
-    from pipeline.data import DatasetError, annotation_path, ensure_synthetic_dataset, synth
+def ensure_dataset(data: DataConfig) -> Path | str:
+    """The dataset directory; the synthetic demo dataset is written there first if it is absent and allowed (never
+    into a bucket)."""
+    from pipeline.data import DatasetError, annotation_path, ensure_synthetic_dataset, storage, synth
 
-    root = Path(data.dir)
-    if annotation_path(root, "train").is_file() and annotation_path(root, "val").is_file():
+    root = data.dir if storage.is_remote(data.dir) else Path(data.dir)
+    if storage.is_file(annotation_path(root, "train")) and storage.is_file(annotation_path(root, "val")):
         return root
-    if not data.generate_if_missing:
+    if storage.is_remote(root) or not data.generate_if_missing:
         raise DatasetError(
             f"data.dir={data.dir!r}: no dataset there ({annotation_path(root, 'train')} missing); set "
             "data.generate_if_missing=true for the demo dataset or convert yours with `run_pipeline.py data`"
@@ -89,6 +90,7 @@ def build_loaders(
         val_batch_size=data.val_batch_size,
         seed=config.train.seed,
         validate=validate,
+        cache_dir=data.cache_dir,
     )
     train_set = loaders.train.dataset
     return Inputs(loaders.train, loaders.val, loaders.val.dataset.coco, train_set.label_map.to_dict())

@@ -19,6 +19,7 @@ from typing import Any
 
 from pipeline import tracking
 from pipeline.config import ConfigError, PipelineConfig, replace, to_dict
+from pipeline.job import ResolvedJob
 from pipeline.tuning.leaderboard import TrialRow, mark_fronts, ranked, write_files
 from pipeline.tuning.runner import TrialOutcome, fit_search
 from pipeline.tuning.space import SearchSpace, load_space
@@ -101,10 +102,10 @@ def run_search(base: PipelineConfig, options: SearchOptions) -> SearchOutcome:
         raise ConfigError("--algorithm optuna samples every dimension: use choice instead of grid in the spaces")
     job = resolve_job(base)
     print("\n".join(header_lines(job, command="tune (base config)")), flush=True)
-    config, uri, label_map = job.config, job.tracking_uri, job.label_map
+    config, label_map = job.config, job.label_map
     name, meta_dir = _search_name(config, options)
     _check_spec(meta_dir, _spec(config, options, space), options.resume)
-    parent = _parent_run(config, uri, name, meta_dir, options, space, label_map)
+    parent = _parent_run(job, name, meta_dir, options, space)
     storage = config.ray.storage_path.rstrip("/")
     ctx = SearchContext(
         name=name,
@@ -115,6 +116,7 @@ def run_search(base: PipelineConfig, options: SearchOptions) -> SearchOutcome:
         meta_dir=str(meta_dir),
         parent=parent,
         label_map=label_map,
+        datasets=job.datasets,
     )
     try:
         outcome = fit_search(ctx, options, config, experiment_path=f"{storage}/{name}")
@@ -172,15 +174,14 @@ def _check_spec(meta_dir: Path, spec: dict[str, Any], resume: bool) -> None:
         )
 
 
-def _parent_run(
-    config: PipelineConfig, uri: str, name: str, meta_dir: Path, options: SearchOptions, space, label_map
-) -> tracking.RunHandle:
+def _parent_run(job: ResolvedJob, name: str, meta_dir: Path, options: SearchOptions, space) -> tracking.RunHandle:
     """The search's MLflow run (continued on resume): base config, search options and the space files."""
     record = meta_dir / "parent_run.json"
     if record.is_file():
         return tracking.resume_run(tracking.RunHandle.load(record))
     tags = {"pipeline.job": "tune", "tune.search": name, "tune.spaces": ", ".join(space.sources)}
-    handle = tracking.start_run(replace(config, mlflow={"run_name": name}), uri, label_map, tags=tags)
+    config = replace(job.config, mlflow={"run_name": name})
+    handle = tracking.start_run(config, job.tracking_uri, job.label_map, tags=tags, datasets=job.datasets)
     tracking.log_params(handle, {f"tune.{key}": value for key, value in options.spec().items()})
     for source in space.sources:
         tracking.log_artifact(handle, source, "spaces")
@@ -246,7 +247,7 @@ def _register_best(config: PipelineConfig, ctx: SearchContext, best: TrialRow, m
         options.register,
         ctx.parent.tracking_uri,
         metrics=None,  # the best epoch's metrics, from the checkpoint
-        dataset_fingerprint=dataset_fingerprint(Path(config.data.dir), "val"),
+        dataset_fingerprint=dataset_fingerprint(config.data.dir, "val"),
         run_id=child.run_id,
         force=options.force_champion,
     )

@@ -32,6 +32,7 @@ class SearchContext:
     meta_dir: str  # local folder of the search's bookkeeping (child run ids)
     parent: tracking.RunHandle
     label_map: dict[str, Any]
+    datasets: tuple[tracking.DatasetSplit, ...] = ()  # the MLflow dataset inputs of every trial's run
 
     def trial_config(self, params: dict[str, Any], trial_id: str) -> PipelineConfig:
         """The base config varied by this trial's sampled params, with the search's own settings on top."""
@@ -56,7 +57,9 @@ def child_run(ctx: SearchContext, config: PipelineConfig, trial_id: str, params:
         "tune.trial_id": trial_id,
         **{f"tune.param.{key}": str(value) for key, value in params.items()},
     }
-    return tracking.start_run(config, ctx.parent.tracking_uri, ctx.label_map, tags=tags, record=record)
+    return tracking.start_run(
+        config, ctx.parent.tracking_uri, ctx.label_map, tags=tags, record=record, datasets=ctx.datasets
+    )
 
 
 def run_trial(params: dict[str, Any], ctx: SearchContext) -> None:

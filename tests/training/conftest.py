@@ -133,3 +133,9 @@ def mlflow_server(tmp_path):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_bucket_dataset(s3_server, tiny_dataset) -> str:
+    """`tiny_dataset` uploaded to the tests' S3 server: `s3://training-data/tiny`."""
+    return s3_server.upload_dir(tiny_dataset, "training-data", "tiny")

@@ -1,9 +1,11 @@
 """End to end through Ray Train (2 DDP workers on CPU, gloo) with MLflow tracking: logging, fault tolerance,
-resume; the first run is tracked by a real `mlflow server`."""
+resume; the first run is tracked by a real `mlflow server`. The first and the resumed runs train on a dataset in
+a bucket (the tests' S3 server), with and without the per-node cache."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,10 @@ from mlflow.tracking import MlflowClient
 from pipeline import ray_train
 from pipeline.cli import train as train_cli
 from pipeline.config import replace
+from pipeline.data import dataset_fingerprint
 from pipeline.training.checkpoint import load_checkpoint
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("s3_server", "local_ray")]  # workers inherit the S3 env
 
 
 def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -28,9 +31,15 @@ def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> se
     return out
 
 
-def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(tiny_config, mlflow_server):
-    """Tracked by a real `mlflow server` (HTTP, proxied artifacts, its model registry), as on a cluster."""
-    config = replace(tiny_config, mlflow={"tracking_uri": mlflow_server})
+def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(
+    tiny_config, mlflow_server, tiny_bucket_dataset, tiny_dataset, tmp_path
+):
+    """Tracked by a real `mlflow server` (HTTP, proxied artifacts, its model registry), as on a cluster; the data
+    streams from a bucket through the workers' shared node cache."""
+    cache = tmp_path / "node_cache"
+    config = replace(
+        tiny_config, data={"dir": tiny_bucket_dataset, "cache_dir": str(cache)}, mlflow={"tracking_uri": mlflow_server}
+    )
     outcome = ray_train.train(config)
     assert outcome.run.tracking_uri == mlflow_server
     assert outcome.run.url().startswith(mlflow_server + "/#/experiments/")
@@ -39,7 +48,24 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(tiny_config, mlflo
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["train.epochs"] == "2" and params["ray.num_workers"] == "2" and params["model.variant"] == "lite0"
-    assert params["data.dir"] == str(tiny_config.data.dir)  # paths are logged resolved
+    assert params["data.dir"] == tiny_bucket_dataset
+    # the dataset by reference: each split's source, fingerprint (the same as the local copy's) and sizes
+    inputs = {
+        tag.value: dataset
+        for dataset_input in run.inputs.dataset_inputs
+        for tag in dataset_input.tags
+        if tag.key == "mlflow.data.context"
+        for dataset in [dataset_input.dataset]
+    }
+    assert sorted(inputs) == ["training", "validation"]
+    for context, split, images in (("training", "train", 16), ("validation", "val", 8)):
+        dataset = inputs[context]
+        assert (dataset.name, dataset.digest) == (f"tiny-{split}", dataset_fingerprint(tiny_dataset, split))
+        assert json.loads(dataset.source) == {"uri": tiny_bucket_dataset} and dataset.source_type == "s3"
+        assert json.loads(dataset.profile)["images"] == images
+    # both workers (one node) filled one cache: each of the 24 objects once, byte for byte
+    cached = sorted(p.read_bytes() for p in cache.rglob("*") if p.is_file())
+    assert cached == sorted(p.read_bytes() for p in (tiny_dataset / "images").iterdir())
     keys = ("train_loss", "train_class_loss", "train_box_loss", "lr", "images_per_s", "data_wait_share")
     keys += ("val_AP", "val_AP50")
     for key in keys:
@@ -92,9 +118,11 @@ def test_crashed_worker_is_survived_and_costs_at_most_one_epoch(tiny_config, tmp
     assert [p.name for p in Path(outcome.run_dir).glob("step_*")] == ["step_0000006"]
 
 
-def test_stopped_run_resumes_at_next_epoch_in_the_same_mlflow_run(tiny_config, tmp_path):
+def test_stopped_run_resumes_at_next_epoch_in_the_same_mlflow_run(tiny_config, tiny_bucket_dataset, tmp_path):
+    """From a bucket without a cache: every image read from the store, in both attempts."""
     config = replace(
         tiny_config,
+        data={"dir": tiny_bucket_dataset},
         train={"epochs": 2, "fault_marker": str(tmp_path / "fault"), "fault_epoch": 2},
         ray={"max_failures": 0},
     )
