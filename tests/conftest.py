@@ -7,6 +7,12 @@ import os
 
 import pytest
 
+# Ray Train on a 2-core machine running many short runs (inherited by every Ray process and CLI the tests start):
+# no preemption watcher (an actor per run that polls for spot-node preemption notices: no test preempts a node),
+# and the controller polls its workers every 0.5 s instead of 2 s, so a run's end is seen sooner.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
 _MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
 
 

@@ -53,7 +53,9 @@ def test_local_tracking_store_is_refused_before_training(two_nodes, tiny_config)
     assert train_worker_nodes() == []  # refused before any worker started
 
 
-def test_node_local_storage_is_refused_and_shared_storage_is_probed(two_nodes, tiny_config, tmp_path):
+def test_node_local_storage_is_refused_and_shared_storage_is_probed(
+    s3_server, two_nodes, tiny_config, tiny_bucket_dataset, tmp_path
+):
     server = "http://127.0.0.1:5000"  # the check only reads the URI's kind; nothing contacts it
     with pytest.raises(ConfigError, match=r"ray.storage_path='.*ray_results' is a local path.* s3://"):
         cluster_storage.check_shared_storage(tiny_config, server)
@@ -69,9 +71,15 @@ def test_node_local_storage_is_refused_and_shared_storage_is_probed(two_nodes, t
 
     # a dataset that a node cannot see: every node reports it, by node
     missing = replace(shared, data={"dir": str(tmp_path / "nowhere")})
-    with pytest.raises(ConfigError, match="data.dir must be on every node") as refused:
+    with pytest.raises(ConfigError, match="data.dir must be readable from every node") as refused:
         cluster_storage.check_shared_storage(missing, server)
     assert str(refused.value).count("no " + str(tmp_path / "nowhere")) == 2
+    # a dataset in a bucket: every node reads it with its own credentials (here the session's S3 server's)
+    cluster_storage.check_shared_storage(replace(shared, data={"dir": tiny_bucket_dataset}), server)
+    elsewhere = replace(shared, data={"dir": tiny_bucket_dataset + "-moved"})
+    with pytest.raises(ConfigError, match="a bucket") as refused:
+        cluster_storage.check_shared_storage(elsewhere, server)
+    assert str(refused.value).count(f"data: no {tiny_bucket_dataset}-moved/annotations/train.json") == 2
 
 
 def test_a_node_that_sees_another_filesystem_is_named(tmp_path):

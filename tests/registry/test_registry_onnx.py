@@ -14,83 +14,63 @@ from pipeline.registry import ExportError, load_detector
 from pipeline.registry.export import DecodedOutputs, verify_onnx
 
 
-def test_export_matches_pytorch_with_a_dynamic_batch(registry, tmp_path, capsys, make_model):
-    out = tmp_path / "model.onnx"
-    assert (
-        main(
-            [
-                "registry",
-                "export",
-                f"{registry.name}@champion",
-                "--format",
-                "onnx",
-                "--out",
-                str(out),
-                "--tracking-uri",
-                registry.uri,
-            ]
-        )
-        == 0
-    )
-    assert "onnxruntime matches PyTorch" in capsys.readouterr().out
-    graph = onnx.load(str(out))
-    onnx.checker.check_model(graph)
-    batch_dim = graph.graph.input[0].type.tensor_type.shape.dim[0]
-    assert batch_dim.dim_param and not batch_dim.dim_value  # symbolic, not a fixed batch size
-    detector, _ = load_detector(registry.uri, f"{registry.name}@champion")
-    reference = DecodedOutputs(detector.package.model).eval()
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    images = torch.randn(4, 3, 128, 128, generator=torch.Generator().manual_seed(3))
-    boxes, scores = session.run(["boxes", "scores"], {"images": images.numpy()})
-    with torch.no_grad():
-        want_boxes, want_scores = reference(images)
-    num_anchors = 9 * sum((128 // 2**level) ** 2 for level in range(3, 8))
-    assert boxes.shape == (4, num_anchors, 4) and scores.shape == (4, num_anchors, 3)
-    np.testing.assert_allclose(boxes, want_boxes.numpy(), atol=1e-2, rtol=1e-3)  # px
-    np.testing.assert_allclose(scores, want_scores.numpy(), atol=1e-5)
-    # the same file checked against a different network must be refused, and removed
-    with pytest.raises(ExportError, match="deviates from PyTorch"):
-        verify_onnx(out, DecodedOutputs(make_model(11)).eval(), (2,))
-    assert not out.exists()
-
-
-def test_fitted_anchors_travel_from_checkpoint_to_registry_and_onnx(registry, tmp_path, make_state):
-    """Anchors other than the variant's (a fitted scale, ratios, scales per level, levels) must be the ones the
-    registered model and its ONNX graph decode with; a default-anchor model would place every box elsewhere."""
+def test_cli_export_has_a_dynamic_batch_matches_pytorch_and_decodes_with_the_fitted_anchors(
+    registry, tmp_path, capsys, make_state
+):
+    """`registry export NAME@champion --format onnx` of a model whose anchors are not the variant's (a fitted
+    scale, ratios, scales per level, levels): a symbolic batch axis, ONNX Runtime outputs as PyTorch's for a batch
+    of 4, boxes decoded over exactly the fitted anchors (a default-anchor graph would place every box elsewhere),
+    and the export's own check refusing, and removing, a graph that another network does not reproduce."""
     from effdet_core import generate_anchors
+    from effdet_core.box_coder import decode
     from effdet_core.config import aspect_ratio_pairs
+    from effdet_core.loss import flatten_outputs
     from pipeline.config import from_dict
     from pipeline.registry import register_from_checkpoint
-    from pipeline.registry.export import export_onnx
     from pipeline.training.checkpoint import save_checkpoint
 
     anchors = {"anchor_scale": 1.682, "anchor_ratios": [0.25, 1.0, 4.0], "num_scales": 2, "max_level": 6}
     state = make_state(seed=5, ap=0.05)
     state.config["model"].update(anchors)  # the checkpoint's config dict, as training writes it (lists, not tuples)
-    model = from_dict({"model": state.config["model"]}).model.build(3, pretrained=False)
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    model_config = from_dict({"model": state.config["model"]}).model
+    weights = {k: v.clone() for k, v in model_config.build(3, pretrained=False).state_dict().items()}
     state.model, state.best.weights = weights, weights
     save_checkpoint(state, tmp_path / "ckpt")
-    registration = register_from_checkpoint(
+    register_from_checkpoint(
         tmp_path / "ckpt", "anchors", registry.uri, None, registry.fingerprint, measure_latency=False
     )
-    detector, _ = load_detector(registry.uri, registration.model_uri)
+    out = tmp_path / "model.onnx"
+    command = ["registry", "export", "anchors@champion", "--format", "onnx", "--out", str(out)]
+    assert main([*command, "--tracking-uri", registry.uri]) == 0
+    assert "onnxruntime matches PyTorch" in capsys.readouterr().out
+    graph = onnx.load(str(out))
+    onnx.checker.check_model(graph)
+    batch_dim = graph.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value  # symbolic, not a fixed batch size
+
+    detector, _ = load_detector(registry.uri, "anchors@champion")
     config = detector.package.config
     assert (config.anchor_scale, config.num_scales, config.min_level, config.max_level) == (1.682, 2, 3, 6)
     assert config.aspect_ratios == aspect_ratio_pairs((0.25, 1.0, 4.0))
-    report = export_onnx(detector.package.model, tmp_path / "anchors.onnx", check_batch_sizes=(1,))
-    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
-    images = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(4))
-    boxes, _ = session.run(["boxes", "scores"], {"images": images.numpy()})
+    reference = DecodedOutputs(detector.package.model).eval()
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    images = torch.randn(4, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    boxes, scores = session.run(["boxes", "scores"], {"images": images.numpy()})
     expected = generate_anchors(config, (128, 128))
-    assert boxes.shape[1] == len(expected) == 6 * sum((128 // 2**level) ** 2 for level in range(3, 7))
+    assert len(expected) == 6 * sum((128 // 2**level) ** 2 for level in range(3, 7))
+    assert boxes.shape == (4, len(expected), 4) and scores.shape == (4, len(expected), 3)
     with torch.no_grad():
+        want_boxes, want_scores = reference(images)
         _, box_outputs = detector.package.model(images)
-    from effdet_core.box_coder import decode
-    from effdet_core.loss import flatten_outputs
+    np.testing.assert_allclose(boxes, want_boxes.numpy(), atol=1e-2, rtol=1e-3)  # px
+    np.testing.assert_allclose(scores, want_scores.numpy(), atol=1e-5)
+    fitted = decode(flatten_outputs(box_outputs, 4), expected)  # decoded with the fitted anchors
+    np.testing.assert_allclose(boxes, fitted.numpy(), atol=1e-2, rtol=1e-3)
 
-    want = decode(flatten_outputs(box_outputs, 4), expected)  # decoded with the fitted anchors
-    np.testing.assert_allclose(boxes, want.numpy(), atol=1e-2, rtol=1e-3)
+    torch.manual_seed(11)  # the same architecture, other weights: the same file must be refused, and removed
+    with pytest.raises(ExportError, match="deviates from PyTorch"):
+        verify_onnx(out, DecodedOutputs(model_config.build(3, pretrained=False).eval()).eval(), (2,))
+    assert not out.exists()
 
 
 @pytest.mark.slow
