@@ -3,6 +3,8 @@ per node, and the refusal of node-local storage or tracking on a multi-node run 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -53,9 +55,7 @@ def test_local_tracking_store_is_refused_before_training(two_nodes, tiny_config)
     assert train_worker_nodes() == []  # refused before any worker started
 
 
-def test_node_local_storage_is_refused_and_shared_storage_is_probed(
-    s3_server, two_nodes, tiny_config, tiny_bucket_dataset, tmp_path
-):
+def test_node_local_storage_is_refused_and_shared_storage_is_probed(s3_server, two_nodes, tiny_config, tmp_path):
     server = "http://127.0.0.1:5000"  # the check only reads the URI's kind; nothing contacts it
     with pytest.raises(ConfigError, match=r"ray.storage_path='.*ray_results' is a local path.* s3://"):
         cluster_storage.check_shared_storage(tiny_config, server)
@@ -75,11 +75,12 @@ def test_node_local_storage_is_refused_and_shared_storage_is_probed(
         cluster_storage.check_shared_storage(missing, server)
     assert str(refused.value).count("no " + str(tmp_path / "nowhere")) == 2
     # a dataset in a bucket: every node reads it with its own credentials (here the session's S3 server's)
-    cluster_storage.check_shared_storage(replace(shared, data={"dir": tiny_bucket_dataset}), server)
-    elsewhere = replace(shared, data={"dir": tiny_bucket_dataset + "-moved"})
+    bucket_dataset = s3_server.upload_dir(Path(tiny_config.data.dir), "cluster-data", "tiny")
+    cluster_storage.check_shared_storage(replace(shared, data={"dir": bucket_dataset}), server)
+    elsewhere = replace(shared, data={"dir": bucket_dataset + "-moved"})
     with pytest.raises(ConfigError, match="a bucket") as refused:
         cluster_storage.check_shared_storage(elsewhere, server)
-    assert str(refused.value).count(f"data: no {tiny_bucket_dataset}-moved/annotations/train.json") == 2
+    assert str(refused.value).count(f"data: no {bucket_dataset}-moved/annotations/train.json") == 2
 
 
 def test_a_node_that_sees_another_filesystem_is_named(tmp_path):
