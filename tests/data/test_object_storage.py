@@ -155,3 +155,12 @@ def test_missing_object_wrong_bucket_and_credentials_fail_before_training(s3_ser
     finally:
         os.environ.update(saved)
         storage._s3.cache_clear()
+
+
+def test_analyze_reads_a_bucket_as_the_local_copy(bucket_dataset, local_dataset, capsys):
+    """`data analyze s3://...` prints what the local copy's analysis prints, path aside."""
+    assert run_data_cli("analyze", str(local_dataset), "--set", "model.image_size=256") == 0
+    local = capsys.readouterr().out
+    assert run_data_cli("analyze", bucket_dataset, "--set", "model.image_size=256") == 0
+    remote = capsys.readouterr().out
+    assert "boxes" in local and remote == local.replace(str(local_dataset), bucket_dataset)

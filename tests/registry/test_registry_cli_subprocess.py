@@ -51,13 +51,16 @@ def test_predict_in_a_fresh_process_matches_in_process(registry, cli, tmp_path):
         np.testing.assert_allclose(got["bbox"], [x1, y1, x2 - x1, y2 - y1], atol=1e-2)
 
 
-def test_evaluate_in_a_fresh_process_logs_a_run(registry, cli):
+def test_evaluate_in_a_fresh_process_logs_a_run(registry, cli, s3_server):
+    """From a copy of the dataset in a bucket (the tests' S3 server): the same fingerprint and metrics as the local
+    directory's."""
+    bucket_copy = s3_server.upload_dir(registry.dataset, "registry-data", "eval")
     result = cli(
         "evaluate",
         "--model",
         f"models:/{registry.name}/1",
         "--data",
-        str(registry.dataset),
+        bucket_copy,
         "--tracking-uri",
         registry.uri,
     )
@@ -74,6 +77,7 @@ def test_evaluate_in_a_fresh_process_logs_a_run(registry, cli):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     logged = runs[0].data
     assert logged.params["dataset_fingerprint"] == registry.fingerprint
+    assert logged.params["data_dir"] == bucket_copy
     detector, _ = load_detector(registry.uri, f"{registry.name}/1")
     expected = evaluate_detector(detector, registry.dataset)
     for key in ("AP", "AP50", "AP75"):
