@@ -6,9 +6,11 @@ training DataLoader (read + decode + scale jitter/crop/flip/colour + normalise +
 dataset (JPEGs at ``--source-size``) at ``--size`` px for each ``--workers`` count and each ``--stores``: local
 disk, a bucket on a loopback S3 server (moto's, a test dependency: its Python HTTP server, on the same cores, is
 slower than a real store), and that bucket through the per-node cache (`data.cache_dir`: the untimed first epoch
-fills it). Example::
+fills it). ``--engines torch ray`` also times `data.engine: ray` (Ray Data tasks on a local Ray of this machine's
+CPUs, one CPU each, feeding one consumer; "workers" does not apply) and its per-epoch start-up: the wait for the
+first batch of an epoch, against the DataLoader's. Example::
 
-    python benchmarks/bench_data.py --size 512 --images 96 --workers 0 1 2 --stores local s3 s3-cache
+    python benchmarks/bench_data.py --size 512 --workers 0 1 2 --stores local s3 s3-cache --engines torch ray
 """
 
 from __future__ import annotations
@@ -44,29 +46,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--stores", nargs="+", default=["local"], choices=STORES, help="where the dataset is read from (default local)"
     )
+    parser.add_argument("--engines", nargs="+", default=["torch"], choices=("torch", "ray"), help="data.engine values")
     return parser.parse_args(argv)
 
 
-def time_loader(dataset_dir: Path | str, args: argparse.Namespace, workers: int, cache_dir: str | None = None) -> float:
-    """Best images/s over ``args.repeats`` epochs, after one untimed warm-up epoch (worker start-up, cache fill)."""
+def time_loader(
+    dataset_dir: Path | str, args: argparse.Namespace, workers: int, cache_dir: str | None = None, engine: str = "torch"
+) -> tuple[float, float]:
+    """(best images/s, the first batch's wait in that epoch) over ``args.repeats`` epochs, after one untimed warm-up
+    epoch (worker start-up, cache fill)."""
     train, _ = build_dataloaders(
         dataset_dir,
         args.size,
         cache_dir=cache_dir,
+        engine=engine,
         batch_size=args.batch_size,
         augment=AugmentOptions(scale_min=0.1, scale_max=2.0),  # the official COCO scale jitter
         num_workers=workers,
         validate=False,
     )
-    best = 0.0
+    best, first_wait = 0.0, 0.0
     for epoch in range(args.repeats + 1):
         train.sampler.set_epoch(epoch)
-        start, count = time.perf_counter(), 0
+        start, count, first = time.perf_counter(), 0, None
         for images, _targets in train:
+            first = first if first is not None else time.perf_counter() - start
             count += images.shape[0]  # images: [B, 3, size, size]
         rate = count / (time.perf_counter() - start)
-        best = max(best, rate) if epoch > 0 else best
-    return best
+        if epoch > 0 and rate > best:
+            best, first_wait = rate, first
+    return best, first_wait
 
 
 def _photo_jpeg(side: int) -> bytes:
@@ -135,15 +144,26 @@ def main(argv: list[str] | None = None) -> int:
             f"batch {args.batch_size}, "
             f"{args.images} images per epoch, best of {args.repeats}"
         )
-        print(f"{'store':>9} {'workers':>8} {'img/s total':>12} {'img/s per worker process':>25}")
+        columns = ("engine", 6), ("store", 9), ("workers", 8), ("img/s total", 12), ("img/s per process", 18)
+        print(" ".join(f"{name:>{width}}" for name, width in (*columns, ("1st batch s", 12))))
         server = _start_s3(Path(tmp)) if any(store.startswith("s3") for store in args.stores) else None
+        if "ray" in args.engines:
+            import ray
+
+            ray.init(include_dashboard=False, log_to_driver=False)  # after the S3 env: its workers inherit it
         try:
             uri = server.upload_dir(dataset_dir, "bench", "set") if server else None
-            for store in args.stores:
-                for workers in args.workers:
-                    cache = tempfile.mkdtemp(dir=tmp) if store == "s3-cache" else None
-                    rate = time_loader(dataset_dir if store == "local" else uri, args, workers, cache)
-                    print(f"{store:>9} {workers:>8} {rate:>12.1f} {rate / max(1, workers):>25.1f}")
+            for engine in args.engines:
+                for store in args.stores:
+                    for workers in args.workers if engine == "torch" else [0]:
+                        cache = tempfile.mkdtemp(dir=tmp) if store == "s3-cache" else None
+                        where = dataset_dir if store == "local" else uri
+                        rate, first = time_loader(where, args, workers, cache, engine)
+                        processes = max(1, workers) if engine == "torch" else 1
+                        shown = workers if engine == "torch" else "-"
+                        print(
+                            f"{engine:>6} {store:>9} {shown:>8} {rate:>12.1f} {rate / processes:>18.1f} {first:>12.2f}"
+                        )
         finally:
             if server:
                 server.stop()

@@ -52,6 +52,10 @@ class DataConfig:
     dir: str = "data/demo"
     # remote datasets: keep each image on the node's disk after its first read (later epochs read disk); null = off
     cache_dir: str | None = None
+    # who decodes and augments: torch (DataLoader processes beside each training worker) | ray (Ray Data tasks on any
+    # CPU of the cluster, CPU-only nodes included: pipeline/data/ray_engine.py); the same images per rank and epoch
+    engine: str = "torch"
+    ray_cpus_per_task: float = 1.0  # engine ray: CPUs each Ray Data task reserves
     # image files read before training: all | sample:N (per split) | none; local files are decoded whole, objects in
     # a bucket checked from their header (pipeline/data/validate.py)
     check_images: str = "all"
@@ -73,6 +77,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(bool(self.dir), "data.dir", self.dir, "must be a non-empty path")
         _check(self.cache_dir != "", "data.cache_dir", self.cache_dir, "must be a path or null")
+        _choice("data.engine", self.engine, ("torch", "ray"))
+        _check(self.ray_cpus_per_task > 0, "data.ray_cpus_per_task", self.ray_cpus_per_task, "must be > 0")
         try:
             from pipeline.data.validate import parse_image_check
 

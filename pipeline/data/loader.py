@@ -108,13 +108,16 @@ def build_dataloaders(
     validate: bool = True,
     check_images: bool = True,
     cache_dir: str | None = None,
+    engine: str = "torch",
+    ray_cpus_per_task: float = 1.0,
 ) -> DataLoaders:
     """Train and val loaders of ``dataset_dir`` for worker ``rank`` of ``world_size``.
 
     ``validate`` runs `validate_dataset` first and raises `DatasetError` on fatal problems
     (``check_images=False`` skips decoding every image, e.g. on workers after the driver checked).
     ``pin_memory`` (for a GPU) makes the host-to-device copy asynchronous. ``cache_dir`` keeps a remote dataset's
-    images on this node's disk after their first read.
+    images on this node's disk after their first read. ``engine="ray"`` decodes and augments in Ray Data tasks on
+    any cluster CPU (`pipeline.data.ray_engine`, each task reserving ``ray_cpus_per_task``), with the same samplers.
     Train batches have exactly ``batch_size`` images and every image is seen at least once per
     epoch (see `FullBatchDistributedSampler`). ``train.dataset.label_map`` and ``val.dataset.coco``
     give the label map and the validation ground truth.
@@ -127,6 +130,15 @@ def build_dataloaders(
     val_tf = DetectionTransform(image_size, mean, std, train=False)
     val_set = DetectionDataset(dataset_dir, "val", val_tf, train_set.label_map, cache_dir=cache_dir)
     train_sampler = FullBatchDistributedSampler(train_set, batch_size, world_size, rank, shuffle=True, seed=seed)
+    val_sampler = ShardedEvalSampler(len(val_set), rank, world_size)
+    if engine == "ray":
+        from pipeline.data.ray_engine import RayDataLoader
+
+        options = {"seed": seed, "cpus_per_task": ray_cpus_per_task, "prefetch_batches": prefetch_factor}
+        return DataLoaders(
+            RayDataLoader(train_set, train_sampler, batch_size, **options),
+            RayDataLoader(val_set, val_sampler, val_batch_size or batch_size, **options),
+        )
     common = {"num_workers": num_workers, "collate_fn": collate_fn, "pin_memory": pin_memory}
     if num_workers > 0:  # processes that outlive an epoch, each `prefetch_factor` batches ahead
         common.update(persistent_workers=True, prefetch_factor=prefetch_factor)
@@ -139,6 +151,5 @@ def build_dataloaders(
         worker_init_fn=functools.partial(_seed_worker, rank=rank),
         **common,
     )
-    val_sampler = ShardedEvalSampler(len(val_set), rank, world_size)
     val = DataLoader(val_set, batch_size=val_batch_size or batch_size, sampler=val_sampler, **common)
     return DataLoaders(train, val)

@@ -42,6 +42,7 @@ class DeviceSettings:
     pin_memory: bool
     fused_optimizer: bool
     cudnn_benchmark: bool
+    ray_data: bool = False  # data.engine: ray (Ray Data tasks prepare the batches; no loader processes here)
 
     def autocast(self):
         """The autocast context of this precision (a no-op in fp32)."""
@@ -59,6 +60,7 @@ class DeviceSettings:
         if self.fused_optimizer:
             parts.append("fused optimizer")
         loader = f"{self.loader_workers} loader processes" if self.loader_workers else "loading in process"
+        loader = "batches from Ray Data tasks" if self.ray_data else loader
         parts.append(loader + (" (pinned)" if self.pin_memory else ""))
         return f"{self.device.type}: {', '.join(parts)}"
 
@@ -85,7 +87,7 @@ def resolve_loader_workers(value: int | str, on_gpu: bool, cpus: int) -> int:
 
 
 def device_settings(config: PipelineConfig, device: torch.device, world_size: int, cpus: int) -> DeviceSettings:
-    on_gpu = device.type == "cuda"
+    on_gpu, ray_data = device.type == "cuda", config.data.engine == "ray"
     amp_dtype = resolve_amp(config.train.amp, device)
     return DeviceSettings(
         device=device,
@@ -94,10 +96,11 @@ def device_settings(config: PipelineConfig, device: torch.device, world_size: in
         sync_bn=config.train.sync_bn and on_gpu and world_size > 1,
         channels_last=config.train.channels_last,
         compile_mode=config.train.compile_mode if config.train.compile else None,
-        loader_workers=resolve_loader_workers(config.data.loader_workers, on_gpu, cpus),
+        loader_workers=0 if ray_data else resolve_loader_workers(config.data.loader_workers, on_gpu, cpus),
         pin_memory=on_gpu,
         fused_optimizer=on_gpu,
         cudnn_benchmark=on_gpu and config.train.cudnn_benchmark,
+        ray_data=ray_data,
     )
 
 

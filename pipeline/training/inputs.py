@@ -91,6 +91,8 @@ def build_loaders(
         seed=config.train.seed,
         validate=validate,
         cache_dir=data.cache_dir,
+        engine=data.engine,
+        ray_cpus_per_task=data.ray_cpus_per_task,
     )
     train_set = loaders.train.dataset
     return Inputs(loaders.train, loaders.val, loaders.val.dataset.coco, train_set.label_map.to_dict())

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, replace
 from pipeline.training.checkpoint import TrainState, save_checkpoint
 
 
@@ -76,7 +76,7 @@ def final_report(config: PipelineConfig, last: TrainState, out_dir: str | Path) 
     model = build_model(config, len(best.label_map["category_ids"]), pretrained=False)
     model.load_state_dict(best.model)
     model.eval()
-    inputs = build_loaders(config, validate=False)
+    inputs = build_loaders(replace(config, data={"engine": "torch"}), validate=False)  # one pass, in the driver
     files["pr_curve"] = out / "pr_curve.png"
     metrics = evaluate(
         model,

@@ -102,16 +102,19 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(
 
 def test_crashed_worker_is_survived_and_costs_at_most_one_epoch(tiny_config, tmp_path):
     """With a checkpoint after every step too (between the evaluations: steps 1, 3, 5), which Ray Train keeps and
-    deletes (num_to_keep 1) alongside the evaluations' own."""
+    deletes (num_to_keep 1) alongside the evaluations' own; the batches come from Ray Data tasks (`data.engine:
+    ray`, on the CPU the two half-CPU workers leave free)."""
     config = replace(
         tiny_config,
+        data={"engine": "ray", "ray_cpus_per_task": 0.5},
         train={"epochs": 3, "fault_marker": str(tmp_path / "fault"), "fault_epoch": 2, "checkpoint_every_steps": 1},
-        ray={"max_failures": 1},
+        ray={"max_failures": 1, "cpus_per_worker": 0.5},
     )
     outcome = ray_train.train(config)
     assert (tmp_path / "fault").exists(), "the fault was injected"
     assert outcome.last_metrics["epoch"] == 3
     assert outcome.last_metrics["resumed_from_step"] == 2  # the restarted group resumed from epoch 1's checkpoint
+    assert outcome.last_metrics["train_images"] == 16  # the whole training split per epoch, as the DataLoader's
     client = MlflowClient(outcome.run.tracking_uri)
     assert _steps(client, outcome.run.run_id, "train_loss") == [2, 4, 6]  # epoch 1 was not redone
     assert client.get_run(outcome.run.run_id).info.status == "FINISHED"
@@ -137,3 +140,48 @@ def test_stopped_run_resumes_at_next_epoch_in_the_same_mlflow_run(tiny_config, t
     assert outcome.last_metrics["epoch"] == 2 and outcome.last_metrics["resumed_from_step"] == 2
     assert _steps(client, outcome.run.run_id, "train_loss") == [2, 4]
     assert client.get_run(outcome.run.run_id).info.status == "FINISHED"
+
+
+def _ids(batches) -> list[int]:
+    return [target["image_id"] for _, targets in batches for target in targets]
+
+
+def test_ray_data_engine_gives_each_rank_the_dataloaders_images_and_resumes_exactly(tiny_dataset):
+    """`data.engine: ray`: per rank and epoch the same images in the same order as the DataLoader engine (padded
+    train shards, unpadded validation with the same tensors), augmentation seeded per (epoch, image): the same epoch
+    twice is the same, another epoch differs, and a pass resumed 4 images in equals the rest of the straight one."""
+    import torch
+
+    from pipeline.data import build_dataloaders
+
+    def loaders(engine: str, rank: int):
+        options = {"batch_size": 4, "rank": rank, "world_size": 2, "validate": False, "seed": 3}
+        return build_dataloaders(tiny_dataset, 128, engine=engine, ray_cpus_per_task=0.5, **options)
+
+    val_ids = []
+    for rank in (0, 1):
+        ray_data, torch_data = loaders("ray", rank), loaders("torch", rank)
+        for epoch in (1, 2):
+            ray_data.train.sampler.set_epoch(epoch)
+            torch_data.train.sampler.set_epoch(epoch)
+            assert _ids(ray_data.train) == _ids(torch_data.train) and len(_ids(torch_data.train)) == 8
+        val = list(ray_data.val)
+        assert _ids(val) == _ids(torch_data.val)
+        for (image, _), (expected, _) in zip(val, torch_data.val, strict=True):
+            assert torch.equal(image, expected)  # no augmentation: the DataLoader's tensors
+        val_ids += _ids(val)
+    assert sorted(val_ids) == sorted(set(val_ids)) and len(val_ids) == 8  # each val image once across ranks
+
+    train = loaders("ray", 0).train
+    train.sampler.set_epoch(2)
+    straight = [image for images, _ in train for image in images]  # [3, 128, 128] each
+    assert all(torch.equal(a, b) for a, b in zip(straight, [i for images, _ in train for i in images], strict=True))
+    train.sampler.skip(4)
+    resumed = [image for images, _ in train for image in images]
+    assert len(resumed) == 4 and all(torch.equal(a, b) for a, b in zip(resumed, straight[4:], strict=True))
+    train.sampler.set_epoch(3)
+    train.sampler.skip(0)
+    other_epoch = {t["image_id"]: i for images, targets in train for i, t in zip(images, targets, strict=True)}
+    train.sampler.set_epoch(2)
+    ids = _ids(train)
+    assert any(not torch.equal(straight[k], other_epoch[image_id]) for k, image_id in enumerate(ids))
