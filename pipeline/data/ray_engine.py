@@ -58,8 +58,8 @@ def to_torch(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, list[Target]]:
     """A Ray Data batch -> what `collate_fn` makes of DataLoader items: images [B, 3, H, W] and target dicts."""
     targets = [
         {
-            "boxes": torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4)),
-            "labels": torch.from_numpy(np.asarray(labels, np.int64).reshape(-1)),
+            "boxes": torch.tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),  # copies: Ray's buffers are read-only
+            "labels": torch.tensor(np.asarray(labels, np.int64).reshape(-1)),
             "image_id": int(image_id),
             "scale": float(scale),
             "orig_size": (int(size[0]), int(size[1])),
@@ -68,7 +68,7 @@ def to_torch(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, list[Target]]:
             batch["boxes"], batch["labels"], batch["image_id"], batch["scale"], batch["orig_size"], strict=True
         )
     ]
-    return torch.from_numpy(np.ascontiguousarray(batch["image"])), targets
+    return torch.from_numpy(np.array(batch["image"], np.float32, copy=True)), targets  # writable, as a DataLoader's
 
 
 class RayDataLoader:

@@ -164,3 +164,36 @@ def test_analyze_reads_a_bucket_as_the_local_copy(bucket_dataset, local_dataset,
     assert run_data_cli("analyze", bucket_dataset, "--set", "model.image_size=256") == 0
     remote = capsys.readouterr().out
     assert "boxes" in local and remote == local.replace(str(local_dataset), bucket_dataset)
+
+
+def test_transient_errors_are_retried_with_backoff_and_permanent_ones_are_not(monkeypatch):
+    waits = []
+    monkeypatch.setattr(storage.time, "sleep", waits.append)
+    calls = iter([OSError("AWS Error NETWORK_CONNECTION: connection reset"), OSError("timeout"), b"data"])
+
+    def flaky():
+        outcome = next(calls)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert storage._retried("s3://b/k", flaky) == b"data"
+    assert waits == [storage.BACKOFF_S, 2 * storage.BACKOFF_S]  # doubling waits, then the third attempt worked
+
+    waits.clear()
+    attempts = []
+
+    def denied():
+        attempts.append(1)
+        raise OSError("AWS Error ACCESS_DENIED during GetObject operation")
+
+    with pytest.raises(storage.StorageError, match=r"s3://b/k: cannot read: access denied"):
+        storage._retried("s3://b/k", denied)
+    assert len(attempts) == 1 and waits == []  # no retry can mend a refusal
+
+    def always_down():
+        raise OSError("AWS Error SERVICE_UNAVAILABLE")
+
+    with pytest.raises(storage.StorageError, match=rf"s3://b/k: cannot read after {storage.RETRIES} attempts"):
+        storage._retried("s3://b/k", always_down)
+    assert len(waits) == storage.RETRIES - 1
