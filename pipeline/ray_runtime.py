@@ -54,12 +54,14 @@ def init_ray(config: PipelineConfig, tracking_uri: str, local_resources: dict[st
     try:
         _drop_harmless_worker_lines()
         _start_autoscaling_coordinator()
-        need_cpu = config.ray.num_workers * config.ray.cpus_per_worker
+        need_cpu = run_cpus(config)
         have = reachable_resources()  # an autoscaling cluster starts with its head alone
         if have.get("CPU", 0) < need_cpu or (config.ray.use_gpu and have.get("GPU", 0) < config.ray.num_workers):
+            tasks = f" + data.ray_cpus_per_task={config.data.ray_cpus_per_task}" if ray_data(config) else ""
             raise ConfigError(
                 f"ray.num_workers={config.ray.num_workers} x ray.cpus_per_worker={config.ray.cpus_per_worker}"
-                f"{' + 1 GPU each' if config.ray.use_gpu else ''} does not fit the cluster's resources {have}"
+                f"{' + 1 GPU each' if config.ray.use_gpu else ''}{tasks} does not fit the cluster's resources {have}"
+                + (" (data.engine: ray needs CPUs the training workers leave free)" if tasks else "")
             )
         check_shared_storage(config, tracking_uri)
     except BaseException:
@@ -67,6 +69,17 @@ def init_ray(config: PipelineConfig, tracking_uri: str, local_resources: dict[st
             ray.shutdown()
         raise
     return started
+
+
+def ray_data(config: PipelineConfig) -> bool:
+    return config.data.engine == "ray"
+
+
+def run_cpus(config: PipelineConfig) -> float:
+    """CPUs one training run must find: its workers', plus one Ray Data task's with `data.engine: ray` (or the
+    tasks would wait forever behind the workers)."""
+    tasks = config.data.ray_cpus_per_task if ray_data(config) else 0.0
+    return config.ray.num_workers * config.ray.cpus_per_worker + tasks
 
 
 # Lines Ray 2.60 prints on every healthy run that say nothing to act on; matched exactly, nothing else is hidden.

@@ -52,8 +52,10 @@ def _concurrency(config: PipelineConfig, options) -> int:
             f"the Ray cluster has no {DRIVER_RESOURCE!r} resource for the trials' drivers: start its head node with "
             f"--resources='{{\"{DRIVER_RESOURCE}\": 4}}' (the definitions in cluster/ do)"
         )
+    from pipeline.ray_runtime import run_cpus
+
     workers = config.ray.num_workers
-    fits = [drivers, int(have.get("CPU", 0) // (workers * config.ray.cpus_per_worker))]
+    fits = [drivers, int(have.get("CPU", 0) // run_cpus(config))]  # each trial's workers (and Ray Data task)
     gpus = f" + {config.ray.gpus_per_worker:g} GPU" if config.ray.use_gpu else ""
     if config.ray.use_gpu:  # fractional GPUs: trials side by side on one GPU
         fits.append(int(have.get("GPU", 0) // (workers * config.ray.gpus_per_worker)))

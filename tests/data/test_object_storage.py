@@ -197,3 +197,12 @@ def test_transient_errors_are_retried_with_backoff_and_permanent_ones_are_not(mo
     with pytest.raises(storage.StorageError, match=rf"s3://b/k: cannot read after {storage.RETRIES} attempts"):
         storage._retried("s3://b/k", always_down)
     assert len(waits) == storage.RETRIES - 1
+
+
+def test_object_keys_that_leave_the_images_prefix_are_refused():
+    from pipeline.data.layout import image_file
+
+    root = "s3://bucket/set/images"
+    assert image_file(root, "a/b.jpg") == ("s3://bucket/set/images/a/b.jpg", True)
+    for escaping in ("../annotations/train.json", "a/../../b.jpg", "/etc/passwd", ".."):
+        assert image_file(root, escaping)[1] is False, escaping

@@ -185,3 +185,15 @@ def test_ray_data_engine_gives_each_rank_the_dataloaders_images_and_resumes_exac
     train.sampler.set_epoch(2)
     ids = _ids(train)
     assert any(not torch.equal(straight[k], other_epoch[image_id]) for k, image_id in enumerate(ids))
+
+
+def test_ray_data_engine_needs_a_cpu_the_workers_leave_free(tiny_config):
+    """Two 1-CPU workers on this 2-CPU Ray leave nothing for the Ray Data tasks: refused before anything starts,
+    instead of tasks waiting forever behind the workers."""
+    from pipeline.config import ConfigError
+    from pipeline.ray_runtime import init_ray
+
+    config = replace(tiny_config, data={"engine": "ray", "ray_cpus_per_task": 0.5}, ray={"cpus_per_worker": 1})
+    with pytest.raises(ConfigError, match=r"data.ray_cpus_per_task=0.5 does not fit .*data.engine: ray needs CPUs"):
+        init_ray(config, "sqlite:///unused.db")
+    init_ray(replace(config, ray={"cpus_per_worker": 0.5}), "sqlite:///unused.db")  # 2 x 0.5 + 0.5 fits
