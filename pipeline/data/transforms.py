@@ -9,6 +9,7 @@ back to original pixels exactly.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
 import albumentations as A
@@ -50,7 +51,8 @@ class DetectionTransform:
             clip=True,
             filter_invalid_bboxes=True,
         )
-        self.pipeline = A.Compose(steps, bbox_params=bbox_params, seed=seed)
+        self.pipeline = A.Compose(steps, bbox_params=bbox_params)
+        self.reseed(seed)
 
     def _fit(self) -> A.LongestMaxSize:
         return A.LongestMaxSize(max_size_hw=(self.height, self.width), interpolation=cv2.INTER_LINEAR)
@@ -102,9 +104,13 @@ class DetectionTransform:
         padded[: image.shape[0], : image.shape[1]] = image
         return padded
 
-    def reseed(self, seed: int) -> None:
-        """New random state (called per DataLoader worker so workers do not repeat each other)."""
-        self.pipeline.set_random_seed(seed)
+    def reseed(self, seed: int | None) -> None:
+        """New random state (per DataLoader worker, or per item with `data.engine: ray`), one stream for all steps.
+
+        Not albumentations' `Compose.set_random_seed`: it gives every step its own generator seeded alike, so the
+        scale, crop, flip and colour draws of an image are the same numbers and move together (measured: demo val
+        AP 0.545 with it, and 0.39 where every image is reseeded)."""
+        self.pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
     def scale_for(self, orig_height: int, orig_width: int) -> float:
         """Model-input px per original px of the fit-to-input resize."""

@@ -186,3 +186,22 @@ def test_scale_jitter_is_bounded_by_the_datasets_small_boxes():
     assert options.bounded(small_box_px=4.0).scale_min == 1.0  # already tiny: never zoom out
     unbounded = parse_augment([{"scale": {"min": 0.5, "max": 1.5, "min_object_px": 0}}])
     assert unbounded.bounded(small_box_px=4.0).scale_min == 0.5
+
+
+def test_every_augmentation_step_draws_from_one_random_stream():
+    """albumentations' `set_random_seed` gives each step its own generator seeded alike, so an image's scale, crop,
+    flip and colour draws were the same numbers: over 400 reseeded items the flip and the box width correlated
+    (-0.33 measured). One shared stream: the steps draw independently (|corr| 0.02)."""
+    transform = DetectionTransform(128, train=True, options=parse_augment("default"), seed=0)
+    steps = transform.pipeline.transforms
+    assert len({id(step.random_generator) for step in steps}) == len({id(step.py_random) for step in steps}) == 1
+    image = np.full((128, 128, 3), 120, np.uint8)
+    flips, widths = [], []
+    for seed in range(400):
+        transform.reseed(seed)
+        _, boxes, _, _ = transform(image, np.array([[40, 40, 80, 80]], np.float32), np.array([0]))
+        if len(boxes):
+            flips.append(float(boxes[0, 0] + boxes[0, 2] > 128))  # the box's centre moved right: flipped
+            widths.append(float(boxes[0, 2] - boxes[0, 0]))  # [px] the scale jitter
+    assert len(widths) > 350 and 0.35 < np.mean(flips) < 0.65
+    assert abs(np.corrcoef(flips, widths)[0, 1]) < 0.15
