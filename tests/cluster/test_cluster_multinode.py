@@ -13,7 +13,9 @@ from pipeline.config import ConfigError, replace
 
 from .conftest import free_port
 
-pytestmark = pytest.mark.slow
+# the S3 server first: the two fake nodes started after it inherit its endpoint and credentials, as real nodes would
+# hold their own
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("s3_server")]
 
 
 @pytest.fixture(scope="module")
