@@ -53,7 +53,12 @@ class DetectionDataset(Dataset):
         MB for COCO), which only evaluation in the main process reads."""
         return {**self.__dict__, "coco": None}
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Target]:
+        """``key``: an index, or ``(index, seed)`` as `pipeline.data.samplers.SeededSampler` gives them, which
+        reseeds a training transform first (the image's augmentation then depends on nothing else)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is not None and self.transform.train:
+            self.transform.reseed(seed)
         record = self.records[index]
         min_size = self.transform.min_source_size(record.height, record.width)
         image = read_rgb(record, min_size, self.reader)  # uint8 [h', w', 3]: the file's size, or a JPEG decoded smaller

@@ -3,10 +3,10 @@ training worker in order.
 
 A rank keeps the DataLoader engine's sampling exactly (the same `FullBatchDistributedSampler` and
 `ShardedEvalSampler`: the same images per rank and epoch, padded train shards, unpadded validation, the same
-resume position). What moves is the work: each pass becomes a Ray Dataset of this rank's `(index, seed)` items,
+resume position) and its augmentation seeds (`SeededSampler`: by run seed, epoch and index), so both engines give
+the same batches. What moves is the work: each pass becomes a Ray Dataset of this rank's `(index, seed)` items,
 mapped in batches by `prepare_batch` in Ray Data tasks (which Ray places on any node with a free CPU, CPU-only
-nodes included) and read back in the sampler's order. Each item's augmentation is seeded by (run seed, epoch,
-index), so a run resumed mid-epoch augments exactly as the uninterrupted one.
+nodes included) and read back in the sampler's order.
 
 Batches travel as numpy: `image` float32 [B, 3, H, W], and per image its boxes [n, 4] and labels [n] as ragged
 (object) columns.
@@ -22,21 +22,12 @@ import numpy as np
 import torch
 
 from pipeline.data.dataset import DetectionDataset, Target
-
-SEED_MIX = 1_000_003  # a prime: (seed, epoch, index) -> distinct item seeds
-
-
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    return ((seed * SEED_MIX + epoch) * SEED_MIX + index) % 2**32
+from pipeline.data.samplers import SeededSampler
 
 
 def prepare_batch(batch: dict[str, np.ndarray], dataset: DetectionDataset) -> dict[str, np.ndarray]:
     """Ray Data UDF: items `{"index", "seed"}` -> decoded, augmented, normalised images and their targets."""
-    rows = []
-    for index, seed in zip(batch["index"], batch["seed"], strict=True):
-        if dataset.transform.train:
-            dataset.transform.reseed(int(seed))
-        rows.append(dataset[int(index)])
+    rows = [dataset[int(index), int(seed)] for index, seed in zip(batch["index"], batch["seed"], strict=True)]
     targets = [target for _, target in rows]
     return {
         "image": np.stack([image.numpy() for image, _ in rows]),  # float32 [B, 3, H, W]
@@ -78,22 +69,20 @@ class RayDataLoader:
     def __init__(
         self,
         dataset: DetectionDataset,
-        sampler,
+        sampler: SeededSampler,
         batch_size: int,
-        seed: int = 0,
         cpus_per_task: float = 1.0,
         prefetch_batches: int = 4,
     ) -> None:
         self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
-        self.seed, self.cpus_per_task, self.prefetch_batches = seed, cpus_per_task, prefetch_batches
+        self.cpus_per_task, self.prefetch_batches = cpus_per_task, prefetch_batches
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def items(self) -> list[dict[str, int]]:
         """This pass's items in the sampler's order (after a resume's skip), each with its augmentation seed."""
-        epoch = getattr(self.sampler, "epoch", 0)
-        return [{"index": i, "seed": item_seed(self.seed, epoch, i)} for i in self.sampler]
+        return [{"index": index, "seed": seed} for index, seed in self.sampler]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[Target]]]:
         import ray.data

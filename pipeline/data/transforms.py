@@ -105,7 +105,7 @@ class DetectionTransform:
         return padded
 
     def reseed(self, seed: int | None) -> None:
-        """New random state (per DataLoader worker, or per item with `data.engine: ray`), one stream for all steps.
+        """New random state (per training item: `pipeline.data.samplers.SeededSampler`), one stream for all steps.
 
         Not albumentations' `Compose.set_random_seed`: it gives every step its own generator seeded alike, so the
         scale, crop, flip and colour draws of an image are the same numbers and move together (measured: demo val

@@ -80,7 +80,7 @@ def test_loaders_for_two_ranks(make_dataset):
     loaders = [build_dataloaders(ds, 64, batch_size=2, rank=r, world_size=2, seed=3) for r in range(2)]
     train_ids, val_ids = [], []
     for train, val in loaders:
-        assert isinstance(train.sampler, DistributedSampler)
+        assert isinstance(train.sampler.sampler, DistributedSampler)  # inside the `SeededSampler`
         train.sampler.set_epoch(0)
         batches = list(train)
         assert all(images.shape == (2, 3, 64, 64) for images, _ in batches)  # fixed batch size
@@ -101,6 +101,29 @@ def test_single_process_loader_with_workers_and_fixed_batches(make_dataset):
     assert epochs[0] != epochs[1]  # reshuffled
     batch_sizes = [images.shape[0] for images, _ in val]
     assert batch_sizes == [2, 2]
+
+
+def test_an_images_augmentation_depends_on_the_seed_the_epoch_and_the_image_only(make_dataset):
+    """Seeded per (run seed, epoch, index) by the sampler: with or without worker processes the same tensors; a pass
+    resumed 2 images into the epoch gives the rest of the straight pass (an exact mid-epoch resume); another epoch
+    or another run seed augments differently."""
+    dataset = make_dataset()
+
+    def items(num_workers: int = 0, epoch: int = 1, skip: int = 0, seed: int = 0) -> list[tuple[int, torch.Tensor]]:
+        train = build_dataloaders(dataset, 64, batch_size=2, num_workers=num_workers, seed=seed).train
+        train.sampler.set_epoch(epoch)
+        train.sampler.skip(skip)
+        return [(t["image_id"], image) for images, targets in train for image, t in zip(images, targets, strict=True)]
+
+    def same(a, b) -> bool:
+        return len(a) == len(b) and all(i == j and torch.equal(x, y) for (i, x), (j, y) in zip(a, b, strict=True))
+
+    straight = items()
+    assert len(straight) == 6 and same(items(num_workers=2), straight)
+    assert same(items(skip=2), straight[2:])
+    for other in (items(epoch=2), items(seed=1)):
+        by_id = dict(other)
+        assert not any(torch.equal(image, by_id[image_id]) for image_id, image in straight)
 
 
 def test_predictions_map_back_to_original_coordinates(make_dataset):

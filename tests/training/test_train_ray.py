@@ -35,10 +35,14 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(
     tiny_config, mlflow_server, tiny_bucket_dataset, tiny_dataset, tmp_path
 ):
     """Tracked by a real `mlflow server` (HTTP, proxied artifacts, its model registry), as on a cluster; the data
-    streams from a bucket through the workers' shared node cache."""
+    streams from a bucket through the workers' shared node cache. The same run again with `data.engine: ray`
+    trains the same: its batches are equal tensor for tensor (the engine test below)."""
     cache = tmp_path / "node_cache"
     config = replace(
-        tiny_config, data={"dir": tiny_bucket_dataset, "cache_dir": str(cache)}, mlflow={"tracking_uri": mlflow_server}
+        tiny_config,
+        data={"dir": tiny_bucket_dataset, "cache_dir": str(cache), "ray_cpus_per_task": 0.5},
+        ray={"cpus_per_worker": 0.5},  # leaves the CPU that `data.engine: ray` needs at the end
+        mlflow={"tracking_uri": mlflow_server},
     )
     outcome = ray_train.train(config)
     assert outcome.run.tracking_uri == mlflow_server
@@ -99,6 +103,17 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(
     assert version.tags["run_id"] == run.info.run_id
     assert float(version.tags["val_AP50"]) == pytest.approx(best.chosen("best").metrics["val_AP50"], abs=1e-6)
 
+    # the same run with the batches prepared by Ray Data tasks: per epoch the same image count, losses and val AP
+    ray_engine = ray_train.train(replace(config, data={"engine": "ray"}))
+    history = {}
+    for run_id in (run.info.run_id, ray_engine.run.run_id):
+        for key in ("train_images", "train_loss", "val_AP", "val_AP50"):
+            metrics = client.get_metric_history(run_id, key)
+            history.setdefault(key, []).append(sorted((m.step, m.value) for m in metrics))
+    assert history.pop("train_images") == [[(2, 16), (4, 16)]] * 2
+    for key, (dataloader, ray_data) in history.items():
+        assert ray_data == dataloader, key  # bit for bit: the same tensors, the same float summation order
+
 
 def test_crashed_worker_is_survived_and_costs_at_most_one_epoch(tiny_config, tmp_path):
     """With a checkpoint after every step too (between the evaluations: steps 1, 3, 5), which Ray Train keeps and
@@ -147,9 +162,9 @@ def _ids(batches) -> list[int]:
 
 
 def test_ray_data_engine_gives_each_rank_the_dataloaders_images_and_resumes_exactly(tiny_dataset):
-    """`data.engine: ray`: per rank and epoch the same images in the same order as the DataLoader engine (padded
-    train shards, unpadded validation with the same tensors), augmentation seeded per (epoch, image): the same epoch
-    twice is the same, another epoch differs, and a pass resumed 4 images in equals the rest of the straight one."""
+    """`data.engine: ray`: per rank and epoch the same batches as the DataLoader engine, tensor for tensor (padded
+    train shards augmented by the same per-(epoch, image) seeds, unpadded validation): the same epoch twice is the
+    same, another epoch differs, and a pass resumed 4 images in equals the rest of the straight one."""
     import torch
 
     from pipeline.data import build_dataloaders
@@ -164,11 +179,14 @@ def test_ray_data_engine_gives_each_rank_the_dataloaders_images_and_resumes_exac
         for epoch in (1, 2):
             ray_data.train.sampler.set_epoch(epoch)
             torch_data.train.sampler.set_epoch(epoch)
-            assert _ids(ray_data.train) == _ids(torch_data.train) and len(_ids(torch_data.train)) == 8
+            train = list(ray_data.train)
+            assert _ids(train) == _ids(torch_data.train) and len(_ids(train)) == 8
+            for (images, _), (expected, _) in zip(train, torch_data.train, strict=True):
+                assert torch.equal(images, expected)  # the same augmentation: [4, 3, 128, 128]
         val = list(ray_data.val)
         assert _ids(val) == _ids(torch_data.val)
-        for (image, _), (expected, _) in zip(val, torch_data.val, strict=True):
-            assert torch.equal(image, expected)  # no augmentation: the DataLoader's tensors
+        for (images, _), (expected, _) in zip(val, torch_data.val, strict=True):
+            assert torch.equal(images, expected)
         val_ids += _ids(val)
     assert sorted(val_ids) == sorted(set(val_ids)) and len(val_ids) == 8  # each val image once across ranks
 
