@@ -312,8 +312,11 @@ class TrainConfig:
     checkpoint_every_minutes: float | None = None
     # a progress line (and step metrics to MLflow) at most this often inside a period, from rank 0; null = none
     log_every_seconds: float | None = 30.0
-    fault_marker: str | None = None  # test hook: rank 0 raises once at `fault_epoch` while this file is absent
+    # test hook (pipeline/training/faults.py): rank 0 raises once as epoch `fault_epoch` starts, or after each step of
+    # `fault_steps` instead, while this file (per step: FILE.stepN) is absent
+    fault_marker: str | None = None
     fault_epoch: int = 2
+    fault_steps: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _at_least_or_null("train.epochs", self.epochs, 1)
@@ -333,6 +336,7 @@ class TrainConfig:
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "must be >= 1")
         _at_least_or_null("train.threads_per_worker", self.threads_per_worker, 1)
         _check(self.fault_epoch >= 1, "train.fault_epoch", self.fault_epoch, "must be >= 1")
+        _check(all(step >= 1 for step in self.fault_steps), "train.fault_steps", self.fault_steps, "must be >= 1")
         _at_least_or_null("train.checkpoint_every_steps", self.checkpoint_every_steps, 1)
         _check(
             self.checkpoint_every_minutes is None or self.checkpoint_every_minutes > 0,
@@ -392,6 +396,9 @@ class RayConfig:
     shared_storage: bool = False
     name: str | None = None  # run name; null = a new timestamped one (or the latest with --resume)
     max_failures: int = 1  # worker-group restarts; each resumes from the last epoch checkpoint
+    # restarts after a node of the run was preempted (Ray's drain: a spot reclaim), counted apart from failures; each
+    # resumes from the checkpoint the notice triggered (-1 = unlimited)
+    max_preemptions: int = -1
     num_to_keep: int = 2  # epoch checkpoints kept by Ray (the best one is kept separately for MLflow)
     placement_strategy: str = "PACK"
 
@@ -405,6 +412,9 @@ class RayConfig:
             "must be a fraction in (0, 1] or a whole number",
         )
         _check(self.max_failures >= -1, "ray.max_failures", self.max_failures, "must be >= -1 (-1 = unlimited)")
+        _check(
+            self.max_preemptions >= -1, "ray.max_preemptions", self.max_preemptions, "must be >= -1 (-1 = unlimited)"
+        )
         _check(self.num_to_keep >= 1, "ray.num_to_keep", self.num_to_keep, "must be >= 1")
         _choice("ray.placement_strategy", self.placement_strategy, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
         _check(bool(self.storage_path), "ray.storage_path", self.storage_path, "must be a non-empty path or URI")

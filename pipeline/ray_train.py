@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,6 +32,14 @@ from pipeline.uri import is_uri
 
 class TrainingJobError(RuntimeError):
     """Training failed (after Ray's restarts); the message says how to resume."""
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """A graceful stop (SIGTERM) ended the run after a checkpoint at `step`; `--resume` continues from there."""
+
+    def __init__(self, step: int, name: str) -> None:
+        super().__init__(f"stopped at step {step} after saving its checkpoint (run {name!r})")
+        self.step = step
 
 
 @dataclass
@@ -61,10 +70,12 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from pipeline.ray_interrupts import WorkerInterrupts
     from pipeline.training.cost import model_cost
     from pipeline.training.device import apply_backend_flags, device_settings, worker_cpus
+    from pipeline.training.faults import record_start
     from pipeline.training.inputs import build_loaders, schedule_for
-    from pipeline.training.loop import build_trainer, make_state, run_schedule, step_metrics
+    from pipeline.training.loop import StopRequested, build_trainer, make_state, run_schedule, step_metrics
 
     _quiet_per_report_logging()
     config = from_dict(loop_config["config"])
@@ -94,21 +105,40 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         resume=state,
     )
     start_step = trainer.position.step
+    if rank == 0:
+        record_start(config, start_step)  # the fault-injection tests' record of each attempt's start
     # a search compares trials on cost too: measured once, on this worker's hardware, sent with every report
     cost = {}
     if loop_config.get("report_cost"):
         cost = model_cost(config, len(inputs.label_map["names"]), ray.train.torch.get_device())
     started = time.perf_counter()
+    # rank 0's step metrics, logged once a checkpoint commits their steps: steps redone after a failure are not
+    # logged twice, and none is missing
+    pending_steps: list[tuple[int, dict[str, float]]] = []
 
-    def report_with_checkpoint(trainer, metrics: dict[str, float]) -> None:
-        """A barrier: every rank reports at the same step (metrics already all-reduced); rank 0 sends the state."""
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:  # one copy of the (identical) DDP state is enough
-                save_checkpoint(make_state(trainer, metrics), tmp)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            step = trainer.position.step
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step_{step:07d}")
+    def report_with_checkpoint(trainer, metrics: dict[str, float], upload: str = "SYNC") -> None:
+        """A barrier: every rank reports at the same step (metrics already all-reduced); rank 0 sends the state.
+        `upload="ASYNC"`: Ray uploads it in the background (and deletes the local copy), training goes on."""
+        from ray.train import CheckpointUploadMode
+
+        began, step, ckpt = time.perf_counter(), trainer.position.step, None
+        local = tempfile.mkdtemp(prefix="effdet-ckpt-") if rank == 0 else None
+        if local is not None:  # one copy of the (identical) DDP state is enough
+            save_checkpoint(make_state(trainer, metrics), local)
+            ckpt = ray.train.Checkpoint.from_directory(local)
+        mode = CheckpointUploadMode[upload]
+        try:
+            ray.train.report(
+                metrics, checkpoint=ckpt, checkpoint_dir_name=f"step_{step:07d}", checkpoint_upload_mode=mode
+            )
+        finally:
+            if local is not None and mode is CheckpointUploadMode.SYNC:
+                shutil.rmtree(local, ignore_errors=True)
+        if rank == 0:  # what the step waited for the checkpoint (with ASYNC, not the upload itself)
+            pending_steps.append((step, {"checkpoint_s": time.perf_counter() - began}))
+        if run is not None and pending_steps:
+            tracking.log_steps(run, pending_steps)
+        pending_steps.clear()
 
     def report(trainer, metrics: dict[str, float]) -> None:  # 4.
         step = int(metrics["step"])
@@ -126,17 +156,28 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
 
     def progress(trainer, snapshot: dict[str, float]) -> None:  # rank 0, at most every train.log_every_seconds
         print(format_step_progress(snapshot, trainer.schedule), flush=True)
-        if run is not None:
-            keys = ("train_loss", "images_per_s", "data_wait_share", "lr")
-            tracking.log_period(run, int(snapshot["step"]), {f"step_{k}": snapshot[k] for k in keys})
+        keys = ("train_loss", "images_per_s", "data_wait_share", "lr")
+        pending_steps.append((int(snapshot["step"]), {f"step_{k}": snapshot[k] for k in keys}))
 
-    def checkpoint_between(trainer) -> None:
-        report_with_checkpoint(trainer, step_metrics(trainer))
+    def checkpoint_between(trainer, reason: str) -> None:
+        # by steps or minutes: uploaded while training goes on; before a stop or a preemption: durable first
+        metrics = step_metrics(trainer)
+        if reason == "stop":  # what the driver reads in the run's result: its last checkpoint's metrics
+            metrics["stopped_at_step"] = trainer.position.step
+        report_with_checkpoint(trainer, metrics, "ASYNC" if reason in ("steps", "minutes") else "SYNC")
 
     # a search trial's reports go to Tune's scheduler, which needs val_AP in every one: trials checkpoint at
     # evaluations only
     between = checkpoint_between if loop_config.get("step_checkpoints") else None
-    run_schedule(trainer, inputs.train_loader, inputs.val_loader, inputs.coco_gt, report, progress, between)  # 3.
+    # a stop the driver asks for and Ray's preemption notices: a checkpoint at the next step (rank 0 polls)
+    interrupts = WorkerInterrupts(loop_config.get("stop_flag") if rank == 0 else None) if between else None
+    try:  # 3.
+        run_schedule(
+            trainer, inputs.train_loader, inputs.val_loader, inputs.coco_gt, report, progress, between, interrupts
+        )
+    except StopRequested as stop:  # every rank, after the stop's checkpoint (its metrics tell the driver)
+        if rank == 0:
+            print(f"stopped on request at step {stop.step}: checkpoint saved", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------- driver
@@ -222,7 +263,9 @@ def build_torch_trainer(
         run_config=RunConfig(
             name=name,
             storage_path=config.ray.storage_path,
-            failure_config=FailureConfig(max_failures=config.ray.max_failures),
+            failure_config=FailureConfig(
+                max_failures=config.ray.max_failures, max_preemption_failures=config.ray.max_preemptions
+            ),
             checkpoint_config=CheckpointConfig(num_to_keep=config.ray.num_to_keep),
             # Ray Train patches print() into its logger, which defeats redirect_stdout (pycocotools' chatter)
             # and doubles our progress lines; Train's own per-report INFO logs would drown them too
@@ -269,11 +312,16 @@ def _log_anchor_plot(job: ResolvedJob, run: tracking.RunHandle, out_dir: Path) -
 
 
 def _fit(config: PipelineConfig, name: str, run: tracking.RunHandle):
-    """Fit the TorchTrainer; the MLflow run's status follows a failure or an interruption."""
+    """Fit the TorchTrainer; the MLflow run's status follows a failure, a graceful stop or an interruption."""
+    import ray
     from ray.train import TrainingFailedError
 
+    from pipeline.ray_interrupts import start_stop_flag, stop_on_sigterm
+
+    flag = start_stop_flag()
     try:
-        result = build_torch_trainer(config, name, run, step_checkpoints=True).fit()
+        with stop_on_sigterm(flag):
+            result = build_torch_trainer(config, name, run, step_checkpoints=True, stop_flag=flag).fit()
     except TrainingFailedError as e:
         tracking.end_run(run, "FAILED")
         raise TrainingJobError(
@@ -283,6 +331,11 @@ def _fit(config: PipelineConfig, name: str, run: tracking.RunHandle):
     except (KeyboardInterrupt, SystemExit):  # Ctrl+C ends in SystemExit from Ray Train's own SIGINT handler
         tracking.end_run(run, "KILLED")
         raise
+    finally:
+        ray.kill(flag)
+    if "stopped_at_step" in result.metrics:  # the workers checkpointed and returned early
+        tracking.end_run(run, "KILLED")
+        raise TrainingStopped(int(result.metrics["stopped_at_step"]), name)
     with result.checkpoint.as_directory() as directory:
         return load_checkpoint(directory)
 

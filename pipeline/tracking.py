@@ -266,6 +266,16 @@ def log_period(handle: RunHandle, step: int, metrics: Mapping[str, float]) -> No
     handle.client().log_batch(handle.run_id, metrics=batch)
 
 
+def log_steps(handle: RunHandle, rows: list[tuple[int, Mapping[str, float]]]) -> None:
+    """Step metrics of several optimizer steps, `(step, {key: value})` each, in batches of 1000 (the REST API's cap)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, step) for step, metrics in rows for key, value in metrics.items()]
+    for i in range(0, len(batch), 1000):
+        handle.client().log_batch(handle.run_id, metrics=batch[i : i + 1000])
+
+
 def log_params(handle: RunHandle, params: Mapping[str, Any]) -> None:
     """Params as strings, in batches of 100 (the REST API's cap)."""
     from mlflow.entities import Param

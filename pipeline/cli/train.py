@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError, to_yaml
     from pipeline.data import DatasetError
     from pipeline.job import header_lines, resolve_job
-    from pipeline.ray_train import TrainingJobError, run_name, train
+    from pipeline.ray_train import TrainingJobError, TrainingStopped, run_name, train
     from pipeline.tracking import TrackingError
     from pipeline.training.checkpoint import CheckpointError
 
@@ -53,11 +53,9 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, DatasetError, TrackingError, CheckpointError, TrainingJobError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: the MLflow run is marked KILLED; continue from the last checkpoint with --resume",
-            flush=True,
-        )
+    except KeyboardInterrupt as e:
+        what = str(e) if isinstance(e, TrainingStopped) else "interrupted"
+        print(f"\n{what}: the MLflow run is marked KILLED; continue from the last checkpoint with --resume", flush=True)
         return 130
     m = outcome.report.metrics
     print(

@@ -1,13 +1,16 @@
-"""Inside an evaluation period: the ranks' collectives, when a checkpoint is due, and rank 0's progress snapshot.
+"""Inside an evaluation period: the ranks' collectives, what follows a step (a checkpoint, a stop), and rank 0's
+progress snapshot.
 
 A checkpoint is a barrier (`ray.train.report`), so every rank must decide alike: steps are the same everywhere,
-and for minutes rank 0's clock is broadcast. Progress is rank 0's alone, with no collective: ranks reach a given
-moment at different steps.
+and what only rank 0 knows (its clock for checkpoints by minutes, a stop request, a preemption notice) is
+broadcast. Progress is rank 0's alone, with no collective: ranks reach a given moment at different steps.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -36,21 +39,45 @@ def all_reduce_max(value: float) -> float:
     return float(t[0])
 
 
-def checkpoint_due(trainer: Trainer) -> bool:
-    """After an optimizer step: is a between-evaluations checkpoint due? Every rank gets the same answer (steps are
-    the same everywhere; for minutes, rank 0's clock is broadcast, one scalar per step)."""
+# what rank 0 may ask of every rank after a step, broadcast as one code
+MINUTES_DUE, STOP_REQUESTED, PREEMPTION_NOTICE = 1, 2, 4
+Interrupts = Callable[[], str | None]  # rank 0's poll: "stop" (a graceful stop), "preemption" (a notice) or None
+
+
+@dataclass(frozen=True)
+class AfterStep:
+    """What every rank does after an optimizer step: checkpoint (and why), and whether to stop afterwards."""
+
+    reason: str = ""  # "" (nothing), "stop", "preemption", "steps" or "minutes"
+    stop: bool = False
+
+    @property
+    def checkpoint(self) -> bool:
+        return bool(self.reason)
+
+
+def after_step(trainer: Trainer, interrupts: Interrupts | None = None) -> AfterStep:
+    """After an optimizer step: is a checkpoint due, and must the run stop? Every rank gets the same answer: steps
+    are the same everywhere, and rank 0's clock and `interrupts` poll are broadcast (one scalar per step, only when
+    minutes or interrupts are watched)."""
     train = trainer.config.train
-    if train.checkpoint_every_steps and trainer.position.step % train.checkpoint_every_steps == 0:
-        return True
-    if train.checkpoint_every_minutes is None:
-        return False
     rank, world = rank_and_world()
-    due = rank == 0 and time.perf_counter() - trainer.last_checkpoint >= 60 * train.checkpoint_every_minutes
-    if world > 1:
-        flag = torch.tensor([float(due)], device=trainer.device if dist.get_backend() == "nccl" else "cpu")
+    code = 0
+    if rank == 0:
+        minutes = train.checkpoint_every_minutes
+        if minutes is not None and time.perf_counter() - trainer.last_checkpoint >= 60 * minutes:
+            code |= MINUTES_DUE
+        signal = interrupts() if interrupts is not None else None
+        code |= {"stop": STOP_REQUESTED, "preemption": PREEMPTION_NOTICE}.get(signal or "", 0)
+    if world > 1 and (train.checkpoint_every_minutes is not None or interrupts is not None):
+        flag = torch.tensor([float(code)], device=trainer.device if dist.get_backend() == "nccl" else "cpu")
         dist.broadcast(flag, src=0)
-        due = bool(flag.item())
-    return due
+        code = int(flag.item())
+    by_steps = bool(train.checkpoint_every_steps) and trainer.position.step % train.checkpoint_every_steps == 0
+    for bit, reason in ((STOP_REQUESTED, "stop"), (PREEMPTION_NOTICE, "preemption")):
+        if code & bit:
+            return AfterStep(reason, stop=reason == "stop")
+    return AfterStep("steps" if by_steps else "minutes" if code & MINUTES_DUE else "")
 
 
 def progress_snapshot(

@@ -20,9 +20,10 @@ from torch import nn
 
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.training.cadence import (
+    Interrupts,
+    after_step,
     all_reduce_max,
     all_reduce_sum,
-    checkpoint_due,
     progress_snapshot,
     rank_and_world,
 )
@@ -30,6 +31,7 @@ from pipeline.training.checkpoint import BestEval, TrainState, load_checkpoint, 
 from pipeline.training.device import DeviceSettings, apply_backend_flags, device_settings, worker_cpus
 from pipeline.training.ema import ModelEma
 from pipeline.training.evaluate import evaluate
+from pipeline.training.faults import maybe_inject_fault
 from pipeline.training.optim import build_optimizer, build_scheduler, clip_gradients, scaled_lr
 from pipeline.training.schedule import Schedule, optimizer_steps
 from pipeline.training.stream import BatchStream, Position
@@ -37,8 +39,12 @@ from pipeline.training.stream import BatchStream, Position
 BEST_METRIC = "val_AP"
 
 
-class InjectedFault(RuntimeError):
-    """Raised by the `train.fault_marker` test hook to simulate a crashed worker."""
+class StopRequested(Exception):
+    """Every rank stops here after a checkpoint (a graceful stop was requested); `step` is where it was taken."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped on request after step {step}, its checkpoint saved")
+        self.step = step
 
 
 @dataclass
@@ -59,6 +65,7 @@ class Trainer:
     position: Position
     last_progress: float = 0.0  # perf_counter() of the last progress callback (rank 0)
     last_checkpoint: float = 0.0  # perf_counter() of the last checkpoint (rank 0's decides for all)
+    stop_after_period: bool = False  # a stop was requested on a period's last step: its end checkpoints first
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -161,7 +168,7 @@ def _optimizer_step(trainer: Trainer) -> None:
 
 
 ProgressCallback = Callable[["Trainer", dict[str, float]], None]
-CheckpointCallback = Callable[["Trainer"], None]
+CheckpointCallback = Callable[["Trainer", str], None]  # (trainer, why: AfterStep.reason)
 
 
 def train_steps(
@@ -170,10 +177,12 @@ def train_steps(
     num_steps: int,
     on_progress: ProgressCallback | None = None,
     on_checkpoint: CheckpointCallback | None = None,
+    interrupts: Interrupts | None = None,
 ) -> dict[str, float]:
     """`num_steps` optimizer steps from `stream`; returns metrics averaged over all ranks' images. On rank 0,
     `on_progress(trainer, snapshot)` runs after a step at most every `train.log_every_seconds`; on every rank,
-    `on_checkpoint(trainer)` after a step where `checkpoint_due` (not after the last: the period's end saves)."""
+    `on_checkpoint(trainer, reason)` after a step where `after_step` says so (not after the last: the period's end
+    saves), then `StopRequested` if it was a requested stop (`interrupts`: rank 0's poll, see `after_step`)."""
     trainer.train_module.train()
     sums = torch.zeros(4, dtype=torch.float64)  # loss, class_loss, box_loss (image-weighted), images
     start, waited = time.perf_counter(), 0.0
@@ -211,9 +220,14 @@ def train_steps(
         if report_progress and time.perf_counter() - trainer.last_progress >= interval:
             trainer.last_progress = time.perf_counter()
             on_progress(trainer, progress_snapshot(trainer, sums, first_step, start, waited))
-        if on_checkpoint is not None and step_index < num_steps - 1 and checkpoint_due(trainer):
-            on_checkpoint(trainer)
+        maybe_inject_fault(trainer.config, step=trainer.position.step)
+        after = after_step(trainer, interrupts)
+        if after.checkpoint and on_checkpoint is not None and step_index < num_steps - 1:
+            on_checkpoint(trainer, after.reason)
             trainer.last_checkpoint = time.perf_counter()
+            if after.stop:
+                raise StopRequested(trainer.position.step)
+        trainer.stop_after_period |= after.stop  # on the period's last step: stop once its end has checkpointed
     seconds = time.perf_counter() - start
     wait_share = waited / max(seconds, 1e-9)  # this rank's; each step's device work is synchronised (loss .cpu())
     all_reduce_sum(sums)
@@ -236,20 +250,6 @@ def train_steps(
         "data_wait_share": wait_share_max,  # of the period's wall time, on the rank that waited most
         **memory,
     }
-
-
-def maybe_inject_fault(config: PipelineConfig, epoch: int) -> None:
-    """Test hook: rank 0 raises once as epoch `fault_epoch` (1-based) starts, leaving the marker file so a
-    restarted run goes on."""
-    marker = config.train.fault_marker
-    if marker is None or epoch != config.train.fault_epoch or rank_and_world()[0] != 0:
-        return
-    path = Path(marker)
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"fault injected at epoch {epoch}\n", encoding="utf-8")
-    raise InjectedFault(f"injected fault at epoch {epoch} (marker {path})")
 
 
 def update_best(trainer: Trainer, metrics: dict[str, float]) -> bool:
@@ -303,16 +303,18 @@ def run_schedule(
     on_period_end: PeriodCallback,
     on_progress: ProgressCallback | None = None,
     on_checkpoint: CheckpointCallback | None = None,
+    interrupts: Interrupts | None = None,
 ) -> dict[str, float]:
     """Train from `trainer.position` to the end of its schedule; after each evaluation period: evaluate, then
     `on_period_end(trainer, metrics)` (metrics hold `step`, `epoch` = steps / steps per epoch, losses, COCO);
-    inside periods, `on_progress` and `on_checkpoint` as `train_steps` says."""
+    inside periods, `on_progress`, `on_checkpoint` and `interrupts` as `train_steps` says. Raises `StopRequested`
+    after the checkpoint of a requested stop."""
     schedule = trainer.schedule
     stream = BatchStream(
         train_loader,
         trainer.config.train.grad_accum_steps,
         trainer.position,
-        on_epoch_start=lambda epoch: maybe_inject_fault(trainer.config, epoch + 1),
+        on_epoch_start=lambda epoch: maybe_inject_fault(trainer.config, epoch=epoch + 1),
     )
     assert (
         stream.batches_per_epoch and optimizer_steps(stream.batches_per_epoch, stream.accum) == schedule.steps_per_epoch
@@ -321,7 +323,7 @@ def run_schedule(
     for point in schedule.eval_points():
         if point <= trainer.position.step:
             continue  # done before a resume
-        metrics = train_steps(trainer, stream, point - trainer.position.step, on_progress, on_checkpoint)
+        metrics = train_steps(trainer, stream, point - trainer.position.step, on_progress, on_checkpoint, interrupts)
         metrics = {"step": point, "epoch": round(point / schedule.steps_per_epoch, 4), **metrics}
         start = time.perf_counter()
         postprocess = trainer.config.eval.postprocess()
@@ -330,7 +332,11 @@ def run_schedule(
         )
         metrics["eval_time_s"] = time.perf_counter() - start
         update_best(trainer, metrics)
+        if trainer.stop_after_period and point < schedule.total_steps:
+            metrics["stopped_at_step"] = point  # this period's checkpoint is the stop's
         on_period_end(trainer, metrics)
+        if "stopped_at_step" in metrics:
+            raise StopRequested(point)
         # the period's end printed its line and checkpointed: both intervals start again from here
         trainer.last_progress = trainer.last_checkpoint = time.perf_counter()
     return metrics
@@ -363,7 +369,7 @@ def fit(
         if on_period_end is not None:
             on_period_end(trainer, metrics)
 
-    def save_between(trainer: Trainer) -> None:
+    def save_between(trainer: Trainer, reason: str) -> None:
         save_checkpoint(make_state(trainer, step_metrics(trainer)), last_dir)
 
     run_schedule(

@@ -9,7 +9,8 @@ from torch import nn
 
 from pipeline.config import replace
 from pipeline.data import DetectionDataset
-from pipeline.training.loop import InjectedFault, build_trainer, fit, train_steps
+from pipeline.training.faults import InjectedFault
+from pipeline.training.loop import build_trainer, fit, train_steps
 from pipeline.training.report import best_state, format_progress
 from pipeline.training.schedule import resolve_schedule
 from pipeline.training.stream import BatchStream
@@ -95,11 +96,10 @@ def _record_image_ids(monkeypatch) -> list[int]:
 def test_a_run_stopped_inside_an_epoch_resumes_with_the_same_images_and_schedule(tiny_config, tmp_path, monkeypatch):
     """16 images, batch 4: 4 steps per epoch. 10 steps, evaluated every 3: checkpoints at steps 3, 6, 9, 10. A
     crash as epoch 3 starts (step 8) resumes from step 6, two batches into epoch 2, and must train exactly the
-    images and learning rates of the run that never stopped."""
+    images, augmentation and learning rates of the run that never stopped."""
     seen = _record_image_ids(monkeypatch)
-    base = replace(  # no augmentation: the only randomness is the sampler's, so the weights can match exactly
+    base = replace(  # the default augmentation, seeded per (seed, epoch, image): the weights can match exactly
         tiny_config,
-        data={"augment": "none"},
         train={"epochs": None, "steps": 10, "eval_every": "3 steps"},
         ray={"num_workers": 1},
     )

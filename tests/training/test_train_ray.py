@@ -115,25 +115,40 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(
         assert ray_data == dataloader, key  # bit for bit: the same tensors, the same float summation order
 
 
-def test_crashed_worker_is_survived_and_costs_at_most_one_epoch(tiny_config, tmp_path):
-    """With a checkpoint after every step too (between the evaluations: steps 1, 3, 5), which Ray Train keeps and
-    deletes (num_to_keep 1) alongside the evaluations' own; the batches come from Ray Data tasks (`data.engine:
-    ray`, on the CPU the two half-CPU workers leave free)."""
+def test_five_crashes_at_random_steps_each_cost_at_most_the_checkpoint_interval(tiny_config, tmp_path):
+    """Rank 0 dies right after 5 optimizer steps drawn at random (seeded), mid-epoch or not, before that step's
+    checkpoint: each restart resumes from the last step checkpoint (every 3 steps), so at most 3 steps are redone;
+    the run ends at its last step, MLflow holds every step's metrics exactly once, and Ray kept only the last
+    checkpoint (num_to_keep 1) of the evaluations' and the steps'."""
+    import random
+
+    marker = tmp_path / "fault"
+    faults = sorted(random.Random(17).sample(range(2, 24), 5))  # of steps 1-24 (6 epochs of 4)
     config = replace(
         tiny_config,
-        data={"engine": "ray", "ray_cpus_per_task": 0.5},
-        train={"epochs": 3, "fault_marker": str(tmp_path / "fault"), "fault_epoch": 2, "checkpoint_every_steps": 1},
-        ray={"max_failures": 1, "cpus_per_worker": 0.5},
+        data={"batch_size": 2},  # 16 images, 2 workers x 2: 4 steps per epoch
+        train={
+            "epochs": 6,
+            "eval_every": 3,
+            "checkpoint_every_steps": 3,
+            "log_every_seconds": 0.001,  # a step metric after every step
+            "fault_marker": str(marker),
+            "fault_steps": faults,
+        },
+        ray={"max_failures": 5, "cpus_per_worker": 0.5},
     )
     outcome = ray_train.train(config)
-    assert (tmp_path / "fault").exists(), "the fault was injected"
-    assert outcome.last_metrics["epoch"] == 3
-    assert outcome.last_metrics["resumed_from_step"] == 2  # the restarted group resumed from epoch 1's checkpoint
-    assert outcome.last_metrics["train_images"] == 16  # the whole training split per epoch, as the DataLoader's
+    assert outcome.last_metrics["step"] == 24 and outcome.last_metrics["epoch"] == 6
+    assert all(Path(f"{marker}.step{step}").exists() for step in faults)
+    starts = [int(line) for line in Path(f"{marker}.starts").read_text().split()]  # each attempt's first step
+    assert len(starts) == 6 and starts[0] == 0
+    lost = [fault - start for fault, start in zip(faults, starts[1:], strict=True)]
+    assert all(0 <= steps <= 3 for steps in lost), (faults, starts)
     client = MlflowClient(outcome.run.tracking_uri)
-    assert _steps(client, outcome.run.run_id, "train_loss") == [2, 4, 6]  # epoch 1 was not redone
+    assert sorted(m.step for m in client.get_metric_history(outcome.run.run_id, "step_lr")) == list(range(1, 25))
+    assert _steps(client, outcome.run.run_id, "train_loss") == [12, 24]
     assert client.get_run(outcome.run.run_id).info.status == "FINISHED"
-    assert [p.name for p in Path(outcome.run_dir).glob("step_*")] == ["step_0000006"]
+    assert [p.name for p in Path(outcome.run_dir).glob("step_*")] == ["step_0000024"]
 
 
 def test_stopped_run_resumes_at_next_epoch_in_the_same_mlflow_run(tiny_config, tiny_bucket_dataset, tmp_path):
@@ -215,3 +230,17 @@ def test_ray_data_engine_needs_a_cpu_the_workers_leave_free(tiny_config):
     with pytest.raises(ConfigError, match=r"data.ray_cpus_per_task=0.5 does not fit .*data.engine: ray needs CPUs"):
         init_ray(config, "sqlite:///unused.db")
     init_ray(replace(config, ray={"cpus_per_worker": 0.5}), "sqlite:///unused.db")  # 2 x 0.5 + 0.5 fits
+
+
+def test_rank_zero_sees_the_drivers_stop_request_without_blocking():
+    import ray
+
+    from pipeline.ray_interrupts import WorkerInterrupts, start_stop_flag
+
+    flag = start_stop_flag()
+    poll = WorkerInterrupts(flag)
+    assert poll() is None  # nothing asked: no wait
+    ray.get(flag.request.remote())
+    ray.wait([poll._stop], timeout=30)  # the request reaches the pending wait() (an event, not a sleep)
+    assert poll() == "stop"
+    ray.kill(flag)

@@ -1,0 +1,48 @@
+"""What follows an optimizer step (`after_step`): a checkpoint by steps or minutes, or for a graceful stop or a
+preemption notice; and rank 0's poll of those (`WorkerInterrupts`), which reports each notice once."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import torch
+
+from pipeline.config import TrainConfig
+from pipeline.training.cadence import AfterStep, after_step
+
+
+def _trainer(step: int, **train) -> SimpleNamespace:
+    return SimpleNamespace(
+        config=SimpleNamespace(train=TrainConfig(**train)),
+        position=SimpleNamespace(step=step),
+        last_checkpoint=time.perf_counter(),
+        device=torch.device("cpu"),
+    )
+
+
+def test_a_stop_or_a_notice_checkpoints_at_once_and_only_a_stop_stops():
+    assert after_step(_trainer(6, checkpoint_every_steps=3)) == AfterStep("steps")
+    assert not after_step(_trainer(7, checkpoint_every_steps=3)).checkpoint
+    assert after_step(_trainer(7), lambda: None) == AfterStep("")
+    assert after_step(_trainer(7), lambda: "stop") == AfterStep("stop", stop=True)
+    assert after_step(_trainer(6, checkpoint_every_steps=3), lambda: "preemption") == AfterStep("preemption")
+    late = _trainer(7, checkpoint_every_minutes=0.5)
+    assert not after_step(late).checkpoint
+    late.last_checkpoint -= 31  # [s] past the half minute
+    assert after_step(late) == AfterStep("minutes")
+
+
+def test_each_preemption_notice_is_reported_once(monkeypatch):
+    from pipeline import ray_interrupts
+
+    notice = [None]
+    monkeypatch.setattr(ray_interrupts, "_preemption_notice", lambda: notice[0])
+    poll = ray_interrupts.WorkerInterrupts()
+    assert poll() is None
+    notice[0] = SimpleNamespace(preempted_ranks=[1])
+    assert [poll(), poll(), poll()] == ["preemption", None, None]  # one checkpoint per notice
+    notice[0] = None
+    assert poll() is None
+    notice[0] = SimpleNamespace(preempted_ranks=[0])  # another node later: checkpoint again
+    assert poll() == "preemption"
