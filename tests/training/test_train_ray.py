@@ -115,18 +115,22 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(
         assert ray_data == dataloader, key  # bit for bit: the same tensors, the same float summation order
 
 
-def test_five_crashes_at_random_steps_each_cost_at_most_the_checkpoint_interval(tiny_config, tmp_path):
+def test_crashes_at_random_steps_each_cost_at_most_the_checkpoint_interval_and_a_failed_run_resumes(
+    tiny_config, tiny_bucket_dataset, tmp_path
+):
     """Rank 0 dies right after 5 optimizer steps drawn at random (seeded), mid-epoch or not, before that step's
-    checkpoint: each restart resumes from the last step checkpoint (every 3 steps), so at most 3 steps are redone;
-    the run ends at its last step, MLflow holds every step's metrics exactly once, and Ray kept only the last
-    checkpoint (num_to_keep 1) of the evaluations' and the steps'."""
+    checkpoint: each restart resumes from the last step checkpoint (every 3 steps), so at most 3 steps are redone.
+    Ray restarts the first 4 (`ray.max_failures: 4`); the 5th fails the run (MLflow: FAILED), which `resume`
+    continues in the same MLflow run to its last step. MLflow then holds every step's metrics exactly once, and Ray
+    kept only the last checkpoint (num_to_keep 1). The data streams from a bucket without a cache: every image is
+    read from the store, in every attempt."""
     import random
 
     marker = tmp_path / "fault"
     faults = sorted(random.Random(17).sample(range(2, 24), 5))  # of steps 1-24 (6 epochs of 4)
     config = replace(
         tiny_config,
-        data={"batch_size": 2},  # 16 images, 2 workers x 2: 4 steps per epoch
+        data={"dir": tiny_bucket_dataset, "batch_size": 2},  # 16 images, 2 workers x 2: 4 steps per epoch
         train={
             "epochs": 6,
             "eval_every": 3,
@@ -135,29 +139,7 @@ def test_five_crashes_at_random_steps_each_cost_at_most_the_checkpoint_interval(
             "fault_marker": str(marker),
             "fault_steps": faults,
         },
-        ray={"max_failures": 5, "cpus_per_worker": 0.5},
-    )
-    outcome = ray_train.train(config)
-    assert outcome.last_metrics["step"] == 24 and outcome.last_metrics["epoch"] == 6
-    assert all(Path(f"{marker}.step{step}").exists() for step in faults)
-    starts = [int(line) for line in Path(f"{marker}.starts").read_text().split()]  # each attempt's first step
-    assert len(starts) == 6 and starts[0] == 0
-    lost = [fault - start for fault, start in zip(faults, starts[1:], strict=True)]
-    assert all(0 <= steps <= 3 for steps in lost), (faults, starts)
-    client = MlflowClient(outcome.run.tracking_uri)
-    assert sorted(m.step for m in client.get_metric_history(outcome.run.run_id, "step_lr")) == list(range(1, 25))
-    assert _steps(client, outcome.run.run_id, "train_loss") == [12, 24]
-    assert client.get_run(outcome.run.run_id).info.status == "FINISHED"
-    assert [p.name for p in Path(outcome.run_dir).glob("step_*")] == ["step_0000024"]
-
-
-def test_stopped_run_resumes_at_next_epoch_in_the_same_mlflow_run(tiny_config, tiny_bucket_dataset, tmp_path):
-    """From a bucket without a cache: every image read from the store, in both attempts."""
-    config = replace(
-        tiny_config,
-        data={"dir": tiny_bucket_dataset},
-        train={"epochs": 2, "fault_marker": str(tmp_path / "fault"), "fault_epoch": 2},
-        ray={"max_failures": 0},
+        ray={"max_failures": 4, "cpus_per_worker": 0.5},
     )
     with pytest.raises(ray_train.TrainingJobError, match="resume with --resume"):
         ray_train.train(config)
@@ -167,9 +149,16 @@ def test_stopped_run_resumes_at_next_epoch_in_the_same_mlflow_run(tiny_config, t
 
     outcome = ray_train.train(config, resume=True)
     assert outcome.run.run_id == failed.info.run_id  # same Ray run (storage_path + name), same MLflow run
-    assert outcome.last_metrics["epoch"] == 2 and outcome.last_metrics["resumed_from_step"] == 2
-    assert _steps(client, outcome.run.run_id, "train_loss") == [2, 4]
+    assert outcome.last_metrics["step"] == 24 and outcome.last_metrics["epoch"] == 6
+    assert all(Path(f"{marker}.step{step}").exists() for step in faults)
+    starts = [int(line) for line in Path(f"{marker}.starts").read_text().split()]  # each attempt's first step
+    assert len(starts) == 6 and starts[0] == 0 and outcome.last_metrics["resumed_from_step"] == starts[-1]
+    lost = [fault - start for fault, start in zip(faults, starts[1:], strict=True)]
+    assert all(0 <= steps <= 3 for steps in lost), (faults, starts)
+    assert sorted(m.step for m in client.get_metric_history(outcome.run.run_id, "step_lr")) == list(range(1, 25))
+    assert _steps(client, outcome.run.run_id, "train_loss") == [12, 24]
     assert client.get_run(outcome.run.run_id).info.status == "FINISHED"
+    assert [p.name for p in Path(outcome.run_dir).glob("step_*")] == ["step_0000024"]
 
 
 def _ids(batches) -> list[int]:
