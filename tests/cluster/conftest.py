@@ -218,3 +218,24 @@ def client_env(ray_head, tmp_path, monkeypatch) -> dict[str, str]:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.ray/auth_token of this machine
     monkeypatch.setenv("RAY_AUTH_TOKEN", ray_head.token)
     return dict(os.environ)
+
+
+@contextlib.contextmanager
+def simulated_cluster(head_cpus: int):
+    """A `ray.cluster_utils.Cluster` on this machine (its head with `head_cpus` CPUs, the dashboard on 127.0.0.1 for
+    Ray's state API), this process connected to it; add nodes with `cluster.add_node`. Shut down afterwards."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    head = {
+        "num_cpus": head_cpus,
+        "include_dashboard": True,
+        "dashboard_host": "127.0.0.1",
+        "dashboard_port": free_port(),
+    }
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import cluster_storage, ray_train
 from pipeline.config import ConfigError, replace
 
-from .conftest import free_port
+from .conftest import simulated_cluster
 
 # the S3 server first: the two fake nodes started after it inherit its endpoint and credentials, as real nodes would
 # hold their own
@@ -20,27 +20,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("s3_server")]
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    """Head + one added node, 1 CPU each, the dashboard on 127.0.0.1 (Ray's state API reads through it)."""
+    """Head + one added node, 1 CPU each."""
     import ray
-    from ray.cluster_utils import Cluster
 
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 1,
-            "include_dashboard": True,
-            "dashboard_host": "127.0.0.1",
-            "dashboard_port": free_port(),
-        },
-    )
-    try:
+    with simulated_cluster(head_cpus=1) as cluster:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def train_worker_nodes() -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 from pipeline import ray_train
 from pipeline.config import replace
 
-from .conftest import free_port
+from .conftest import simulated_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -26,27 +26,16 @@ def spot_cluster():
     """A head without CPUs (it schedules no worker) and one 1-CPU "spot" node; the preemption watcher on (the
     tests' default is off), inherited by every Ray process started here."""
     import ray
-    from ray.cluster_utils import Cluster
 
     saved = {key: os.environ.get(key) for key in WATCHER_ENV}
     os.environ.update(WATCHER_ENV)
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,
-            "include_dashboard": True,
-            "dashboard_host": "127.0.0.1",
-            "dashboard_port": free_port(),
-        },
-    )
     try:
-        spot = cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
-        yield cluster, spot
+        with simulated_cluster(head_cpus=0) as cluster:
+            spot = cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address, log_to_driver=False)
+            yield cluster, spot
     finally:
-        ray.shutdown()
-        cluster.shutdown()
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
