@@ -4,10 +4,10 @@ loopback S3 server, moto: on the same 2 cores, so its figures are an upper bound
 
 Prints per run: the time spent training (the evaluation periods' `train_time_s`, in-period checkpoints included;
 Ray start-up and evaluations left out), the checkpoints written and what a step waited for each (`checkpoint_s`,
-logged to MLflow per checkpoint: saving the state plus the report; step checkpoints upload asynchronously, so not
-the upload itself).
+logged to MLflow per checkpoint: saving the state plus the report, which includes the upload unless `--upload
+async`).
 
-    .venv/bin/python benchmarks/bench_checkpoints.py [--every 5] [--epochs 10] [--stores local s3]
+    .venv/bin/python benchmarks/bench_checkpoints.py [--every 5] [--epochs 10] [--stores local s3] [--upload async]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.config import load_config, replace  # noqa: E402
 
 
-def run_once(config, root: Path, storage: str, every: int | None) -> dict[str, float]:
+def run_once(config, root: Path, storage: str, every: int | None, upload: str) -> dict[str, float]:
     from mlflow.tracking import MlflowClient
 
     from pipeline import ray_train
@@ -33,7 +33,7 @@ def run_once(config, root: Path, storage: str, every: int | None) -> dict[str, f
     name = f"bench-{'every' if every else 'evals'}-{int(time.time() * 1000)}"
     config = replace(
         config,
-        train={"checkpoint_every_steps": every, "output_dir": str(root / "outputs")},
+        train={"checkpoint_every_steps": every, "checkpoint_upload": upload, "output_dir": str(root / "outputs")},
         ray={"storage_path": storage, "name": name},
         mlflow={"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "bench-checkpoints"},
     )
@@ -54,6 +54,7 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=5, help="train.checkpoint_every_steps of the second run")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--stores", nargs="+", default=["local", "s3"], choices=["local", "s3"])
+    parser.add_argument("--upload", default="sync", choices=["sync", "async"], help="train.checkpoint_upload")
     args = parser.parse_args()
     base = load_config(REPO / "configs" / "smoke.yaml", [f"train.epochs={args.epochs}", "train.eval_every=5"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,12 +65,12 @@ def main() -> int:
         ensure_dataset(base.data)
         server = _start_s3(root) if "s3" in args.stores else None
         try:
-            print(f"smoke config, {args.epochs} epochs, 2 workers; evaluations every 5 epochs")
+            print(f"smoke config, {args.epochs} epochs, 2 workers; evaluations every 5 epochs; {args.upload} upload")
             print(f"{'store':>6} {'checkpoints':>24} {'train s':>8} {'written':>8} {'wait s mean':>12} {'max':>7}")
             for store in args.stores:
                 storage = str(root / "ray_results") if store == "local" else _bucket(server)
                 for every in (None, args.every):
-                    r = run_once(base, root, storage, every)
+                    r = run_once(base, root, storage, every, args.upload)
                     label = f"every {args.every} steps + evals" if every else "evaluations only"
                     print(
                         f"{store:>6} {label:>24} {r['train_s']:>8.2f} {r['checkpoints']:>8} "

@@ -310,6 +310,10 @@ class TrainConfig:
     # only): every N optimizer steps and/or every M minutes (rank 0's clock); a resumed run goes on from the step
     checkpoint_every_steps: int | None = None
     checkpoint_every_minutes: float | None = None
+    # sync: training waits for each such checkpoint's upload (a crash costs at most one interval); async: Ray uploads
+    # in the background, training goes on (for slow buckets; a crash during an upload costs up to two intervals and
+    # may log that window's step metrics twice)
+    checkpoint_upload: str = "sync"
     # a progress line (and step metrics to MLflow) at most this often inside a period, from rank 0; null = none
     log_every_seconds: float | None = 30.0
     # test hook (pipeline/training/faults.py): rank 0 raises once as epoch `fault_epoch` starts, or after each step of
@@ -333,6 +337,7 @@ class TrainConfig:
             raise ConfigError(f"train.eval_every={self.eval_every!r}: {e}") from None
         _choice("train.amp", self.amp, ("auto", "none", "bf16", "fp16"))
         _choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
+        _choice("train.checkpoint_upload", self.checkpoint_upload, ("sync", "async"))
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "must be >= 1")
         _at_least_or_null("train.threads_per_worker", self.threads_per_worker, 1)
         _check(self.fault_epoch >= 1, "train.fault_epoch", self.fault_epoch, "must be >= 1")

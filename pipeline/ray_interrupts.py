@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -36,33 +37,43 @@ class StopFlag:
 
 
 def start_stop_flag():
+    """The flag on the driver's node: it lives as long as the driver, whatever happens to worker nodes."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return ray.remote(num_cpus=0)(StopFlag).remote()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0, scheduling_strategy=here)(StopFlag).remote()
 
 
 @contextlib.contextmanager
 def stop_on_sigterm(flag) -> Iterator[threading.Event]:
     """While training: the first SIGTERM asks the workers to checkpoint and stop (the returned event is set); a
     second one interrupts at once (KeyboardInterrupt, as before). Main thread only; elsewhere a no-op."""
-    requested = threading.Event()
+    requested, done = threading.Event(), threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield requested
         return
 
-    def handle(signum: int, frame: Any) -> None:
+    def forward() -> None:  # the Ray call, outside the handler: the main thread may be inside a Ray call
+        while not requested.wait(timeout=1.0):
+            if done.is_set():
+                return
+        flag.request.remote()
+
+    def handle(signum: int, frame: Any) -> None:  # only flags and a raw write: nothing that takes a lock
         if requested.is_set():
             raise KeyboardInterrupt(f"signal {signum} (second)")
         requested.set()
-        print("\nSIGTERM: checkpointing at the next step, then stopping (again to stop at once)", flush=True)
-        # not from inside the handler: the main thread may be inside a Ray call
-        threading.Thread(target=lambda: flag.request.remote(), daemon=True).start()
+        os.write(2, b"\nSIGTERM: checkpointing at the next step, then stopping (again to stop at once)\n")
 
+    forwarder = threading.Thread(target=forward, name="sigterm-to-stop-flag", daemon=True)
+    forwarder.start()
     previous = signal.signal(signal.SIGTERM, handle)
     try:
         yield requested
     finally:
         signal.signal(signal.SIGTERM, previous)
+        done.set()
 
 
 class WorkerInterrupts:
@@ -71,20 +82,23 @@ class WorkerInterrupts:
 
     def __init__(self, stop_flag=None) -> None:
         self._stop = stop_flag.wait.remote() if stop_flag is not None else None
-        self._notice_seen = False
+        self._notice_seen: tuple | None = None
 
     def __call__(self) -> str | None:
         import ray
 
         if self._stop is not None and ray.wait([self._stop], timeout=0)[0]:
-            return "stop"
+            try:
+                ray.get(self._stop)
+                return "stop"
+            except ray.exceptions.RayError:  # the flag is gone (its driver with it): not a request
+                self._stop = None
         notice = _preemption_notice()
-        if notice is None:
-            self._notice_seen = False  # a later notice (another node) checkpoints again
+        # Ray only merges notices (another node: more ranks, maybe an earlier deadline): a new one checkpoints again
+        key = None if notice is None else (tuple(notice.preempted_ranks), notice.deadline_ms)
+        if key is None or key == self._notice_seen:
             return None
-        if self._notice_seen:
-            return None
-        self._notice_seen = True
+        self._notice_seen = key
         logger.warning("preemption notice for ranks %s: checkpointing now", list(notice.preempted_ranks))
         return "preemption"
 

@@ -112,8 +112,8 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     if loop_config.get("report_cost"):
         cost = model_cost(config, len(inputs.label_map["names"]), ray.train.torch.get_device())
     started = time.perf_counter()
-    # rank 0's step metrics, logged once a checkpoint commits their steps: steps redone after a failure are not
-    # logged twice, and none is missing
+    # rank 0's period and step metrics, logged once a persisted checkpoint holds their step: steps redone after a
+    # failure are not logged twice, and none is missing
     pending_steps: list[tuple[int, dict[str, float]]] = []
 
     def report_with_checkpoint(trainer, metrics: dict[str, float], upload: str = "SYNC") -> None:
@@ -136,20 +136,26 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
                 shutil.rmtree(local, ignore_errors=True)
         if rank == 0:  # what the step waited for the checkpoint (with ASYNC, not the upload itself)
             pending_steps.append((step, {"checkpoint_s": time.perf_counter() - began}))
-        if run is not None and pending_steps:
-            tracking.log_steps(run, pending_steps)
-        pending_steps.clear()
+            log_persisted()
+
+    def log_persisted() -> None:
+        """Rank 0: log the pending metrics a restart would not redo, up to the last persisted checkpoint (after a
+        SYNC report, the one just made; an ASYNC one counts once its upload is done)."""
+        committed = _checkpoint_step(ray.train.get_checkpoint())
+        if run is not None and any(s <= committed for s, _ in pending_steps):
+            tracking.log_steps(run, [row for row in pending_steps if row[0] <= committed])
+        pending_steps[:] = [row for row in pending_steps if row[0] > committed]
 
     def report(trainer, metrics: dict[str, float]) -> None:  # 4.
         step = int(metrics["step"])
         metrics = {**metrics, **cost, "resumed_from_step": start_step}
         if rank == 0:
-            if run is not None:
-                tracking.log_period(run, step, metrics)
+            pending_steps.append((step, metrics))  # logged once its checkpoint persisted
+        report_with_checkpoint(trainer, metrics)
+        if rank == 0:  # the period's line once its checkpoint and metrics are kept
             total = trainer.schedule.total_steps
             eta = (time.perf_counter() - started) / (step - start_step) * (total - step)
             print(format_progress(step, total, metrics, eta), flush=True)
-        report_with_checkpoint(trainer, metrics)
         if rank == 0 and loop_config.get("epoch_times_file"):  # benchmarks: when each period's report returned
             with open(loop_config["epoch_times_file"], "a", encoding="utf-8") as f:
                 f.write(f"{step} {time.time()}\n")
@@ -158,13 +164,16 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         print(format_step_progress(snapshot, trainer.schedule), flush=True)
         keys = ("train_loss", "images_per_s", "data_wait_share", "lr")
         pending_steps.append((int(snapshot["step"]), {f"step_{k}": snapshot[k] for k in keys}))
+        log_persisted()  # an ASYNC checkpoint's upload may have finished since
 
     def checkpoint_between(trainer, reason: str) -> None:
-        # by steps or minutes: uploaded while training goes on; before a stop or a preemption: durable first
+        # by steps or minutes: uploaded while training goes on if train.checkpoint_upload says so; before a stop or
+        # a preemption: durable first
         metrics = step_metrics(trainer)
         if reason == "stop":  # what the driver reads in the run's result: its last checkpoint's metrics
             metrics["stopped_at_step"] = trainer.position.step
-        report_with_checkpoint(trainer, metrics, "ASYNC" if reason in ("steps", "minutes") else "SYNC")
+        asynchronous = reason in ("steps", "minutes") and config.train.checkpoint_upload == "async"
+        report_with_checkpoint(trainer, metrics, "ASYNC" if asynchronous else "SYNC")
 
     # a search trial's reports go to Tune's scheduler, which needs val_AP in every one: trials checkpoint at
     # evaluations only
@@ -178,6 +187,14 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     except StopRequested as stop:  # every rank, after the stop's checkpoint (its metrics tell the driver)
         if rank == 0:
             print(f"stopped on request at step {stop.step}: checkpoint saved", flush=True)
+
+
+def _checkpoint_step(checkpoint) -> int:
+    """The optimizer step of a checkpoint this run reported (its directory is `step_NNNNNNN`); -1 for none."""
+    if checkpoint is None:
+        return -1
+    name = Path(checkpoint.path).name
+    return int(name.removeprefix("step_")) if name.startswith("step_") and name[5:].isdigit() else -1
 
 
 # ----------------------------------------------------------------------------------------------- driver
@@ -325,7 +342,8 @@ def _fit(config: PipelineConfig, name: str, run: tracking.RunHandle):
     except TrainingFailedError as e:
         tracking.end_run(run, "FAILED")
         raise TrainingJobError(
-            f"training failed after ray.max_failures={config.ray.max_failures} restarts: {e}\n"
+            f"training failed after ray.max_failures={config.ray.max_failures} restarts "
+            f"(ray.max_preemptions={config.ray.max_preemptions} for preempted nodes): {e}\n"
             f"the last epoch checkpoint is kept: resume with --resume (run {name!r} in {config.ray.storage_path})"
         ) from e
     except (KeyboardInterrupt, SystemExit):  # Ctrl+C ends in SystemExit from Ray Train's own SIGINT handler

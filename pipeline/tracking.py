@@ -257,15 +257,6 @@ def resume_run(handle: RunHandle) -> RunHandle:
     return handle
 
 
-def log_period(handle: RunHandle, step: int, metrics: Mapping[str, float]) -> None:
-    """Metrics of one evaluation period at MLflow step = optimizer step (call from rank 0 only)."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-    handle.client().log_batch(handle.run_id, metrics=batch)
-
-
 def log_steps(handle: RunHandle, rows: list[tuple[int, Mapping[str, float]]]) -> None:
     """Step metrics of several optimizer steps, `(step, {key: value})` each, in batches of 1000 (the REST API's cap)."""
     from mlflow.entities import Metric

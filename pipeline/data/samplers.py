@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
 from torch.utils.data import DistributedSampler, Sampler
-
-SEED_MIX = 1_000_003  # a prime: (seed, epoch, index) -> distinct item seeds
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
-    return ((seed * SEED_MIX + epoch) * SEED_MIX + index) % 2**32
+    """A 32-bit seed of (run seed, epoch, index), hashed by numpy's SeedSequence: no two triples collide by
+    construction (an arithmetic mix would once indices pass its multiplier)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
 class ShardedEvalSampler(Sampler[int]):
@@ -74,10 +75,14 @@ class SeededSampler(Sampler[tuple[int, int]]):
         self.sampler, self.seed = sampler, seed
 
     def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+        if hasattr(self.sampler, "set_epoch"):  # a validation sampler has no epochs
+            self.sampler.set_epoch(epoch)
 
     def skip(self, count: int) -> None:
-        self.sampler.skip(count)
+        if hasattr(self.sampler, "skip"):
+            self.sampler.skip(count)
+        elif count:
+            raise ValueError(f"{type(self.sampler).__name__} cannot skip {count} items")
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = getattr(self.sampler, "epoch", 0)

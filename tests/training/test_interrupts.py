@@ -34,15 +34,17 @@ def test_a_stop_or_a_notice_checkpoints_at_once_and_only_a_stop_stops():
 
 
 def test_each_preemption_notice_is_reported_once(monkeypatch):
+    """Ray keeps a notice once given and merges later ones into it (more ranks, the earliest deadline): each change
+    is a new notice, worth a checkpoint; the same one is not."""
     from pipeline import ray_interrupts
 
     notice = [None]
     monkeypatch.setattr(ray_interrupts, "_preemption_notice", lambda: notice[0])
     poll = ray_interrupts.WorkerInterrupts()
     assert poll() is None
-    notice[0] = SimpleNamespace(preempted_ranks=[1])
+    notice[0] = SimpleNamespace(preempted_ranks=[1], deadline_ms=5_000)
     assert [poll(), poll(), poll()] == ["preemption", None, None]  # one checkpoint per notice
-    notice[0] = None
-    assert poll() is None
-    notice[0] = SimpleNamespace(preempted_ranks=[0])  # another node later: checkpoint again
+    notice[0] = SimpleNamespace(preempted_ranks=[0, 1], deadline_ms=5_000)  # another node's, merged in
+    assert [poll(), poll()] == ["preemption", None]
+    notice[0] = SimpleNamespace(preempted_ranks=[0, 1], deadline_ms=3_000)  # an earlier deadline
     assert poll() == "preemption"

@@ -24,10 +24,9 @@ def test_sigterm_inside_an_epoch_checkpoints_that_step_and_resume_finishes_the_r
 
     from pipeline import ray_train
 
-    config = replace(  # 1 worker x 4 images: 4 steps per epoch, 24 in all, evaluated every 3 epochs
+    config = replace(  # 2 DDP workers x 4 images: 2 steps per epoch, 24 in all, evaluated every 6 epochs
         tiny_config,
-        train={"epochs": 6, "eval_every": 3, "log_every_seconds": 0.001},  # a progress line after every step
-        ray={"num_workers": 1},
+        train={"epochs": 12, "eval_every": 6, "log_every_seconds": 0.001},  # a progress line after every step
     )
     path = save_config(config, tmp_path / "job.yaml")
     with open(tmp_path / "job.log", "w") as log:
@@ -40,7 +39,7 @@ def test_sigterm_inside_an_epoch_checkpoints_that_step_and_resume_finishes_the_r
         )
         out = ProcessOutput(proc, log)
         try:
-            out.wait_for("step 5/24 (epoch 1.25)", timeout=600)  # inside epoch 2
+            out.wait_for("step 5/24 (epoch 2.5)", timeout=600)  # inside epoch 3
             proc.send_signal(signal.SIGTERM)
             returncode = proc.wait(timeout=300)
         finally:
@@ -50,7 +49,7 @@ def test_sigterm_inside_an_epoch_checkpoints_that_step_and_resume_finishes_the_r
     assert returncode == 130, output[-3000:]
     assert "SIGTERM: checkpointing at the next step" in output
     [stopped] = [int(s) for s in re.findall(r"stopped at step (\d+) after saving its checkpoint", output)]
-    assert 5 < stopped < 24, output[-3000:]  # the next step boundary (usually 6 or 7: inside epoch 2)
+    assert 5 < stopped < 24, output[-3000:]  # the next step boundary (usually 6 or 7), both ranks agreeing
     assert "the MLflow run is marked KILLED; continue from the last checkpoint with --resume" in output
     client = MlflowClient(config.mlflow.tracking_uri)
     [run] = client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id])
