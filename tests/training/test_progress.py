@@ -56,7 +56,9 @@ def test_progress_comes_at_the_configured_cadence_and_at_most_once_a_step(tiny_c
     assert all(b - a >= interval for a, b in zip(times, times[1:], strict=False)), times
     assert steps == sorted(set(steps)) and steps[-1] <= 8  # never two for one step
     last = seen[-1][1]
-    assert last["data_wait_share"] > 0.3 and last["images_per_s"] > 0 and last["seconds_per_step"] >= 0.2
+    # the loader's 0.2 s per batch is the wait: share x seconds per step, whatever the machine's compute speed
+    assert 0.19 <= last["data_wait_share"] * last["seconds_per_step"] < 0.35, last
+    assert last["images_per_s"] > 0 and last["seconds_per_step"] >= 0.2
     assert LINE.match(format_step_progress(last, schedule)), format_step_progress(last, schedule)
 
 
