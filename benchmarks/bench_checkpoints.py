@@ -22,6 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_data import start_s3  # noqa: E402  (this folder: the same loopback S3 set-up)
+
 from pipeline.config import load_config, replace  # noqa: E402
 
 
@@ -63,7 +65,7 @@ def main() -> int:
         from pipeline.training.inputs import ensure_dataset
 
         ensure_dataset(base.data)
-        server = _start_s3(root) if "s3" in args.stores else None
+        server = start_s3(root) if "s3" in args.stores else None
         try:
             print(f"smoke config, {args.epochs} epochs, 2 workers; evaluations every 5 epochs; {args.upload} upload")
             print(f"{'store':>6} {'checkpoints':>24} {'train s':>8} {'written':>8} {'wait s mean':>12} {'max':>7}")
@@ -86,19 +88,6 @@ def main() -> int:
 def _bucket(server) -> str:
     server.client().create_bucket(Bucket="ckpt")
     return "s3://ckpt/runs"
-
-
-def _start_s3(root: Path):
-    """The tests' loopback S3 server (tests/s3_server.py), its endpoint and credentials in this process's env
-    (Ray, started afterwards, passes them to its workers)."""
-    import os
-
-    sys.path.insert(0, str(REPO / "tests"))
-    from s3_server import start_s3_server
-
-    server = start_s3_server(root / "moto_server.log")
-    os.environ.update(server.env)
-    return server
 
 
 if __name__ == "__main__":

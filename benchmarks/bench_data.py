@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         columns = ("engine", 6), ("store", 9), ("workers", 8), ("img/s total", 12), ("img/s per process", 18)
         print(" ".join(f"{name:>{width}}" for name, width in (*columns, ("1st batch s", 12))))
-        server = _start_s3(Path(tmp)) if any(store.startswith("s3") for store in args.stores) else None
+        server = start_s3(Path(tmp)) if any(store.startswith("s3") for store in args.stores) else None
         if "ray" in args.engines:
             import ray
 
@@ -170,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _start_s3(tmp: Path):
-    """The tests' loopback S3 server (tests/s3_server.py), its endpoint and credentials in this process's env."""
+def start_s3(tmp: Path):
+    """The tests' loopback S3 server (tests/s3_server.py), its endpoint and credentials in this process's env (Ray,
+    started afterwards, passes them to its workers)."""
     import os
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
