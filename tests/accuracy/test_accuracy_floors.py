@@ -23,8 +23,12 @@ pytestmark = pytest.mark.slow
 # the augmentation steps drew from one random stream, the second after):
 # shapes, 150 images at 128 px, 200 steps of 8: val AP 0.299 / AP50 0.680 in 59 s; 0.207 / 0.590
 SHAPES_STEPS, SHAPES_AP_FLOOR, SHAPES_AP50_FLOOR = 200, 0.15, 0.45
-# dense small objects, 100 images at 256 px, 120 steps of 8: val AP 0.023 / AP50 0.071 in 110 s; 0.028 / 0.074
-DENSE_STEPS, DENSE_AP_FLOOR, DENSE_AP50_FLOOR = 120, 0.01, 0.035
+# dense small objects, 100 images at 256 px, 120 steps of 8: val AP 0.023 / AP50 0.071 in 110 s; 0.028 / 0.074.
+# With augmentation seeded per image (db45b0b), seeds 0 / 1 / 2 on one 2-core machine: 0.0094 / 0.0401,
+# 0.0162 / 0.0511, 0.0116 / 0.0491 (and 0.0149 / 0.0479, 0.0140 / 0.0410, 0.0181 / 0.0677 on another CPU, whose
+# float rounding alone moves seed 0 from 0.0094 to 0.0149): this early in training the spread is +-40 %, so the
+# floor sits at about half the lowest run; a detector that has learned nothing scores ~0.000 here.
+DENSE_STEPS, DENSE_AP_FLOOR, DENSE_AP50_FLOOR = 120, 0.005, 0.02
 
 
 def _best_metrics(data: Path, size: int, steps: int, out: Path) -> dict[str, float]:
