@@ -10,6 +10,7 @@ from .lazy import lazy_exports
 
 # public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
+    "AnchorCache": "anchors",
     "generate_anchors": "anchors",
     "ModelCost": "complexity",
     "count_flops": "complexity",

@@ -51,17 +51,17 @@ class EfficientDetForPrediction(nn.Module):
         self.postprocess_config = postprocess_config or PostprocessConfig()
         self.anchors = AnchorCache(model.config)
 
+    def network(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B,3,H,W] -> (class_logits [B,N,C], box_codes [B,N,4]), flattened in anchor order."""
+        class_outputs, box_outputs = self.model(images)
+        return flatten_outputs(class_outputs, self.model.num_classes), flatten_outputs(box_outputs, 4)
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         image_size = tuple(images.shape[-2:])
-        class_outputs, box_outputs = self.model(images)
-        return postprocess(
-            flatten_outputs(class_outputs, self.model.num_classes),
-            flatten_outputs(box_outputs, 4),
-            self.anchors.get(image_size, images.device),
-            image_size,
-            self.postprocess_config,
-        )
+        class_logits, box_codes = self.network(images)
+        anchors = self.anchors.get(image_size, images.device)
+        return postprocess(class_logits, box_codes, anchors, image_size, self.postprocess_config)
 
 
 def validate_targets(

@@ -87,6 +87,19 @@ def add_tracking_uri(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "onnxruntime", "torch"],
+        default="auto",
+        help="inference engine: auto (default) = ONNX Runtime when the version carries its graph, else PyTorch",
+    )
+
+
+def backend(args: argparse.Namespace) -> str | None:
+    return None if args.backend == "auto" else args.backend
+
+
 def tracking_uri(args: argparse.Namespace) -> str:
     from pipeline.tracking import resolve_tracking_uri
 

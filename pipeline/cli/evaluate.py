@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.common import add_tracking_uri, guarded, tracking_uri
+from pipeline.cli.common import add_backend, add_tracking_uri, backend, guarded, tracking_uri
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="soft: Gaussian soft-NMS, as the official evaluation (default); hard: the registered model's own NMS",
     )
     parser.add_argument("--no-log", action="store_true", help="print only; do not create an MLflow run")
+    add_backend(parser)
     add_tracking_uri(parser)
     parser.set_defaults(func=guarded(run))
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     uri = tracking_uri(args)
     fingerprint = dataset_fingerprint(args.data, args.split)  # reads every annotation: bad data fails here
-    detector, version = load_detector(uri, args.model, batch_size=args.batch_size)
+    detector, version = load_detector(uri, args.model, batch_size=args.batch_size, backend=backend(args))
     if args.nms == "soft":
         detector = detector.with_postprocess(EvalConfig().postprocess())
     check_categories(args.data, args.split, detector.label_map)
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     registered_fp = version.tags.get("dataset_fingerprint")
     print(
         f"{version.name} version {version.version} on {args.data} ({args.split}, {metrics['num_images']} images, "
-        f"{args.nms} NMS, "
+        f"{args.nms} NMS, {detector.backend}, "
         f"fingerprint {fingerprint}{'' if registered_fp == fingerprint else f'; registered on {registered_fp}'})"
     )
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):

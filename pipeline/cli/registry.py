@@ -34,6 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     register.add_argument("--run-id", default=None, help="the MLflow run that trained it (links the version)")
     register.add_argument("--weights", choices=["best", "last"], default="best", help="best epoch (default) or last")
     register.add_argument("--force", action="store_true", help="make it champion regardless")
+    register.add_argument(
+        "--no-onnx", action="store_true", help="store no ONNX Runtime serving graph (the version serves with PyTorch)"
+    )
     register.set_defaults(func=guarded(_register))
 
     promote = actions.add_parser("promote", help="point an alias (default champion) at a version")
@@ -121,6 +124,8 @@ def _register(args: argparse.Namespace) -> int:
             run_id=args.run_id,
             weights=args.weights,
             force=args.force,
+            onnx=not args.no_onnx,
+            data_dir=storage.absolute(args.data),
         )
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -128,4 +128,5 @@ def _register(args: argparse.Namespace, config, outcome):
         dataset_fingerprint=dataset_fingerprint(storage.absolute(config.data.dir), "val"),
         run_id=outcome.run.run_id,
         force=args.force_champion,
+        data_dir=storage.absolute(config.data.dir),
     )

@@ -53,8 +53,7 @@ def evaluate_detector(detector: Detector, dataset_dir: str | os.PathLike, split:
     loader = DataLoader(dataset, batch_size=detector.batch_size, shuffle=False, collate_fn=collate_fn)
 
     start = time.perf_counter()
-    device = next(detector.predictor.parameters()).device
-    predictions = predict(detector.predictor, loader, device)
+    predictions = predict(detector.predictor, loader, detector.device)
     seconds = time.perf_counter() - start
     metrics = evaluate_coco(dataset.coco, predictions, detector.label_map)
     metrics["num_images"] = len(dataset)

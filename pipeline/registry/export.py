@@ -1,7 +1,11 @@
 """ONNX export of a registered detector's network, checked against PyTorch with onnxruntime before it is kept.
 
-The graph takes normalised images [batch, 3, H, W] (dynamic batch) and returns the decoded boxes before NMS:
-``boxes`` [batch, N, 4] xyxy model-input px and ``scores`` [batch, N, num_classes] (sigmoid), N = anchors.
+Two graphs, both taking normalised images [batch, 3, H, W] (dynamic batch):
+- ``decoded`` (`registry export`, for other runtimes): ``boxes`` [batch, N, 4] xyxy model-input px and
+  ``scores`` [batch, N, num_classes] (sigmoid), N = anchors;
+- ``network`` (stored in a registered version, run by `pipeline.registry.onnx_backend`): the raw head outputs
+  ``class_logits`` [batch, N, num_classes] and ``box_codes`` [batch, N, 4], so ONNX Runtime replaces only the
+  network and post-processing stays `effdet_core.postprocess`, the same code as the PyTorch backend.
 NMS and the resize/pad preprocessing stay with the caller (see `pipeline.registry.predict.Detector`), because
 ONNX NMS operators differ between runtimes.
 """
@@ -23,14 +27,20 @@ from effdet_core.loss import flatten_outputs
 from pipeline.registry.errors import ExportError
 
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("boxes", "scores")
 # (atol, rtol) per output: boxes in input px (float32 reordering moves big decoded boxes by ~1e-3 px), scores
-# are probabilities
-TOLERANCES: dict[str, tuple[float, float]] = {"boxes": (1e-2, 1e-3), "scores": (1e-4, 1e-3)}
+# are probabilities, logits and box codes are pre-activation values of order 1-10
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "boxes": (1e-2, 1e-3),
+    "scores": (1e-4, 1e-3),
+    "class_logits": (1e-3, 1e-3),
+    "box_codes": (1e-3, 1e-3),
+}
 
 
 class DecodedOutputs(nn.Module):
     """images [B,3,H,W] -> (boxes [B,N,4] xyxy input px, scores [B,N,C]): the network plus box decoding."""
+
+    output_names = ("boxes", "scores")
 
     def __init__(self, model: EfficientDet):
         super().__init__()
@@ -43,6 +53,24 @@ class DecodedOutputs(nn.Module):
         boxes = decode(flatten_outputs(box_outputs, 4), self.anchors)  # [B, N, 4]
         scores = flatten_outputs(class_outputs, self.model.num_classes).sigmoid()  # [B, N, C]
         return boxes, scores
+
+
+class NetworkOutputs(nn.Module):
+    """images [B,3,H,W] -> (class_logits [B,N,C], box_codes [B,N,4]): the network's heads, flattened in anchor
+    order (`effdet_core.loss.flatten_outputs`), as `effdet_core.postprocess` takes them."""
+
+    output_names = ("class_logits", "box_codes")
+
+    def __init__(self, model: EfficientDet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        class_outputs, box_outputs = self.model(images)
+        return flatten_outputs(class_outputs, self.model.num_classes), flatten_outputs(box_outputs, 4)
+
+
+GRAPHS: dict[str, type[nn.Module]] = {"decoded": DecodedOutputs, "network": NetworkOutputs}
 
 
 @dataclass(frozen=True)
@@ -58,8 +86,10 @@ def export_onnx(
     opset: int = 18,
     check_batch_sizes: tuple[int, ...] = (1, 3),
     tolerances: dict[str, tuple[float, float]] | None = None,
+    graph: str = "decoded",
 ) -> ExportReport:
-    """Export (dynamic batch axis), then `verify_onnx` against the same network in PyTorch."""
+    """Export the `graph` kind (see the module docstring; dynamic batch axis), then `verify_onnx` against the
+    same network in PyTorch."""
     try:
         import onnxruntime  # noqa: F401  (checked before the slow export)
         import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
@@ -69,7 +99,9 @@ def export_onnx(
         ) from None
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = DecodedOutputs(model.cpu()).eval()
+    if graph not in GRAPHS:
+        raise ValueError(f"graph {graph!r}: choose one of {sorted(GRAPHS)}")
+    wrapper = GRAPHS[graph](model.cpu()).eval()
     example = torch.randn(2, 3, *model.config.image_size)
     try:
         with warnings.catch_warnings():
@@ -82,7 +114,7 @@ def export_onnx(
                 opset_version=opset,
                 external_data=False,
                 input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(wrapper.output_names),
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
                 verbose=False,
             )
@@ -97,7 +129,7 @@ def verify_onnx(
     batch_sizes: tuple[int, ...],
     tolerances: dict[str, tuple[float, float]] | None = None,
 ) -> ExportReport:
-    """Run `path` with onnxruntime and `reference` (a DecodedOutputs) on random batches of each size; raises
+    """Run `path` with onnxruntime and `reference` (a `GRAPHS` module) on random batches of each size; raises
     ExportError and deletes the file when a shape differs or any value differs beyond atol + rtol * |ref|
     (`tolerances`: output name -> (atol, rtol), default TOLERANCES)."""
     tolerances = {**TOLERANCES, **(tolerances or {})}
@@ -107,13 +139,14 @@ def verify_onnx(
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     image_size = reference.model.config.image_size
     generator = torch.Generator().manual_seed(0)
-    worst = dict.fromkeys(OUTPUT_NAMES, 0.0)
+    names = reference.output_names
+    worst = dict.fromkeys(names, 0.0)
     for batch in batch_sizes:
         images = torch.randn(batch, 3, *image_size, generator=generator)
         with torch.no_grad():
             expected = [t.numpy() for t in reference(images)]
-        actual = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.numpy()})
-        for name, got, want in zip(OUTPUT_NAMES, actual, expected, strict=True):
+        actual = session.run(list(names), {INPUT_NAME: images.numpy()})
+        for name, got, want in zip(names, actual, expected, strict=True):
             atol, rtol = tolerances[name]
             problem = None
             if got.shape != want.shape:

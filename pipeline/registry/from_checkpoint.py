@@ -45,6 +45,8 @@ def register_from_checkpoint(
     weights: str = "best",
     force: bool = False,
     measure_latency: bool = True,
+    onnx: bool = True,
+    data_dir: str | os.PathLike | None = None,
 ) -> Registration:
     """Register the model of a training checkpoint (a directory, its checkpoint.pt, or a TrainState) as a new
     version of `name`; `champion` moves to it only if its val_AP beats the champion's on the same dataset
@@ -52,6 +54,8 @@ def register_from_checkpoint(
 
     `metrics` are the validation metrics of those weights (None: taken from the checkpoint); `run_id` links
     the logged model to the training run. Everything is checked before the model is built or logged.
+    `onnx`: also store the ONNX Runtime serving graph, compared with PyTorch on val images of `data_dir` (default:
+    the checkpoint's `data.dir`).
     """
     from pipeline.tracking import check_tracking_store
 
@@ -75,4 +79,6 @@ def register_from_checkpoint(
         force=force,
         extra_tags=extra,
         measure_latency=measure_latency,
+        onnx=onnx,
+        parity_data=data_dir if data_dir is not None else (state.config.get("data") or {}).get("dir"),
     )

@@ -6,6 +6,7 @@ Layout of one model package (the three files are the pyfunc model's `artifacts`)
     model.safetensors   state_dict of effdet_core.EfficientDet
     model_config.json   {"format_version", "model": asdict(EfficientDetConfig), "num_classes", "postprocess"}
     label_map.json      pipeline.data.LabelMap.to_dict()
+    model.onnx          optional: the ONNX Runtime serving graph (`pipeline.registry.onnx_backend`)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ CONFIG_FILE = "model_config.json"
 LABEL_MAP_FILE = "label_map.json"
 # pyfunc artifact key -> file name; the keys are what `PythonModelContext.artifacts` holds at load time
 ARTIFACT_FILES: dict[str, str] = {"weights": WEIGHTS_FILE, "model_config": CONFIG_FILE, "label_map": LABEL_MAP_FILE}
+ONNX_ARTIFACT = "onnx"  # the optional fourth artifact key (file: onnx_backend.ONNX_FILE)
 FORMAT_VERSION = 1
 CONFIG_KEYS = ("format_version", "model", "num_classes", "postprocess")
 # JSON has no tuples: these EfficientDetConfig fields are tuples (of tuples) and are converted back on load
@@ -41,6 +44,7 @@ class ModelPackage:
     model: EfficientDet
     label_map: LabelMap
     postprocess: PostprocessConfig
+    onnx_path: Path | None = None  # the serving graph, when the version carries one
 
     @property
     def config(self) -> EfficientDetConfig:
@@ -58,9 +62,14 @@ def config_dict(model: EfficientDet, postprocess: PostprocessConfig | None = Non
 
 
 def write_package(
-    model: EfficientDet, label_map: LabelMap, out_dir: str | os.PathLike, postprocess: PostprocessConfig | None = None
+    model: EfficientDet,
+    label_map: LabelMap,
+    out_dir: str | os.PathLike,
+    postprocess: PostprocessConfig | None = None,
+    onnx_graph: str | os.PathLike | None = None,
 ) -> dict[str, str]:
-    """Write the three artifact files into `out_dir`; returns {artifact key: path} for the pyfunc `artifacts`."""
+    """Write the three artifact files into `out_dir`, plus the serving graph `onnx_graph` when given (copied);
+    returns {artifact key: path} for the pyfunc `artifacts`."""
     from safetensors.torch import save_file
 
     if label_map.num_classes != model.num_classes:
@@ -72,7 +81,14 @@ def write_package(
     save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt", "num_classes": str(model.num_classes)})
     (out / CONFIG_FILE).write_text(json.dumps(config_dict(model, postprocess), indent=2), encoding="utf-8")
     (out / LABEL_MAP_FILE).write_text(json.dumps(label_map.to_dict(), indent=2), encoding="utf-8")
-    return {key: str(out / name) for key, name in ARTIFACT_FILES.items()}
+    artifacts = {key: str(out / name) for key, name in ARTIFACT_FILES.items()}
+    if onnx_graph is not None:
+        from pipeline.registry.onnx_backend import ONNX_FILE
+
+        if Path(onnx_graph).resolve() != (out / ONNX_FILE).resolve():
+            shutil.copyfile(onnx_graph, out / ONNX_FILE)
+        artifacts[ONNX_ARTIFACT] = str(out / ONNX_FILE)
+    return artifacts
 
 
 def _read_json(path: Path) -> Any:
@@ -161,19 +177,30 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
 
 
 def load_package(
-    weights: str | os.PathLike, model_config: str | os.PathLike, label_map: str | os.PathLike
+    weights: str | os.PathLike,
+    model_config: str | os.PathLike,
+    label_map: str | os.PathLike,
+    onnx: str | os.PathLike | None = None,
 ) -> ModelPackage:
-    """Rebuild the network from `effdet_core` and load the weights; config and label map are validated first."""
+    """Rebuild the network from `effdet_core` and load the weights; config and label map are validated first.
+    `onnx`: the version's serving graph, if it has one (loaded later, by the onnxruntime backend)."""
     config, num_classes, postprocess = read_model_config(model_config)
     labels = read_label_map(label_map, num_classes)
     if not Path(weights).is_file():  # before the (slow) model build
         raise ArtifactError(f"model artifact {weights} is missing")
     model = create_model(config, num_classes, pretrained_backbone=None)
     load_weights(model, weights)
-    return ModelPackage(model=model.eval(), label_map=labels, postprocess=postprocess)
+    if onnx is not None and not Path(onnx).is_file():
+        raise ArtifactError(f"model artifact {onnx} is missing")
+    onnx_path = Path(onnx) if onnx is not None else None
+    return ModelPackage(model=model.eval(), label_map=labels, postprocess=postprocess, onnx_path=onnx_path)
 
 
 def load_package_dir(directory: str | os.PathLike) -> ModelPackage:
-    """`load_package` of a directory holding the three files (e.g. a downloaded `artifacts/` folder)."""
+    """`load_package` of a directory holding the three files, and the serving graph when there is one (e.g. a
+    downloaded `artifacts/` folder)."""
+    from pipeline.registry.onnx_backend import ONNX_FILE
+
     d = Path(directory)
-    return load_package(d / WEIGHTS_FILE, d / CONFIG_FILE, d / LABEL_MAP_FILE)
+    onnx = d / ONNX_FILE if (d / ONNX_FILE).is_file() else None
+    return load_package(d / WEIGHTS_FILE, d / CONFIG_FILE, d / LABEL_MAP_FILE, onnx)

@@ -21,7 +21,7 @@ import torch
 from effdet_core import EfficientDetForPrediction, PostprocessConfig
 from pipeline.data import DetectionTransform, LabelMap, to_original_coordinates
 from pipeline.evaluation.coco_eval import coco_result
-from pipeline.registry.errors import ImageInputError
+from pipeline.registry.errors import ArtifactError, ImageInputError
 from pipeline.registry.package import ModelPackage
 
 # An image: a file path, encoded file bytes (PNG, JPEG, ...), or a uint8 array [h, w, 3] RGB ([h, w] grey)
@@ -57,25 +57,71 @@ def decode_image(image: ImageInput, index: int = 0) -> np.ndarray:
         raise ImageInputError(f"image {index}: cannot decode {what}: {e}") from None
 
 
+def default_backend(package: ModelPackage, use_gpu: bool = False) -> str:
+    """ONNX Runtime where the version carries a serving graph and it can run where asked (on a GPU only with
+    onnxruntime-gpu's CUDA provider), PyTorch otherwise."""
+    from pipeline.registry.onnx_backend import has_cuda_provider
+
+    if package.onnx_path is None or (use_gpu and not has_cuda_provider()):
+        return "torch"
+    return "onnxruntime"
+
+
 @dataclass
 class Detector:
-    """A model package ready for inference: eval transform + network + NMS + label names."""
+    """A model package ready for inference: eval transform + network (PyTorch or ONNX Runtime) + NMS + label
+    names. `backend` None picks `default_backend`; `threads` sets ONNX Runtime's intra-op threads."""
 
     package: ModelPackage
     batch_size: int = 8
+    backend: str | None = None
+    threads: int | None = None
+    use_gpu: bool = False
 
     def __post_init__(self) -> None:
+        from pipeline.registry.onnx_backend import BACKENDS, OnnxPredictor
+
         config = self.package.config
         self.transform = DetectionTransform(config.image_size, mean=config.mean, std=config.std, train=False)
-        self.predictor = EfficientDetForPrediction(self.package.model, self.package.postprocess).eval()
+        self.backend = self.backend or default_backend(self.package, self.use_gpu)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend {self.backend!r}: choose one of {list(BACKENDS)}")
+        if self.backend == "torch":
+            model = self.package.model.to("cuda" if self.use_gpu else "cpu")
+            self.predictor = EfficientDetForPrediction(model, self.package.postprocess).eval()
+        elif self.package.onnx_path is None:
+            raise ArtifactError(
+                "backend onnxruntime: this model version carries no ONNX graph (registered with onnx off, or its "
+                "export failed: see the version's `onnx` tag); use the torch backend"
+            )
+        else:
+            self.predictor = OnnxPredictor(
+                self.package.onnx_path,
+                config,
+                self.package.model.num_classes,
+                self.package.postprocess,
+                threads=self.threads,
+                use_gpu=self.use_gpu,
+            )
 
     @property
     def label_map(self) -> LabelMap:
         return self.package.label_map
 
+    @property
+    def device(self) -> torch.device:
+        """Where input batches go: the PyTorch model's device, the host for ONNX Runtime."""
+        if isinstance(self.predictor, EfficientDetForPrediction):
+            return next(self.predictor.parameters()).device
+        return self.predictor.device
+
     def with_postprocess(self, postprocess: PostprocessConfig) -> Detector:
-        """The same network and transform with other post-processing (e.g. soft-NMS to evaluate)."""
-        return Detector(dataclasses.replace(self.package, postprocess=postprocess), self.batch_size)
+        """The same network, backend and transform with other post-processing (e.g. soft-NMS to evaluate)."""
+        package = dataclasses.replace(self.package, postprocess=postprocess)
+        return Detector(package, self.batch_size, self.backend, self.threads, self.use_gpu)
+
+    def with_backend(self, backend: str | None) -> Detector:
+        return Detector(self.package, self.batch_size, backend, self.threads, self.use_gpu)
 
     def preprocess(self, image: np.ndarray, image_id: int) -> tuple[torch.Tensor, dict[str, Any]]:
         """uint8 [h, w, 3] -> normalised [3, H, W] and the target-like dict `to_original_coordinates` reads."""
@@ -93,7 +139,7 @@ class Detector:
                     images[start : start + self.batch_size], image_ids[start : start + self.batch_size], strict=True
                 )
             ]
-            tensors = torch.stack([t for t, _ in batch])  # [B, 3, H, W]
+            tensors = torch.stack([t for t, _ in batch]).to(self.device)  # [B, 3, H, W]
             out.extend(to_original_coordinates(self.predictor(tensors), [meta for _, meta in batch]))
         return out
 
@@ -132,6 +178,14 @@ def to_coco_results(detections: Sequence[Detection]) -> list[dict[str, Any]]:
 
 def draw_detections(image: np.ndarray, detections: Sequence[Detection], out_path: str | os.PathLike) -> Path:
     """Write `image` with each detection's box and "label score" drawn on it."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    render_detections(image, detections).save(out)
+    return out
+
+
+def render_detections(image: np.ndarray, detections: Sequence[Detection]):
+    """A PIL image of `image` with each detection's box and "label score" drawn on it."""
     from PIL import Image, ImageDraw
 
     palette = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
@@ -142,7 +196,4 @@ def draw_detections(image: np.ndarray, detections: Sequence[Detection], out_path
         x1, y1, x2, y2 = det["box"]
         draw.rectangle([x1, y1, x2, y2], outline=color, width=2)
         draw.text((x1 + 2, max(0.0, y1 - 11)), f"{det['label']} {det['score']:.2f}", fill=color)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
-    return out
+    return canvas

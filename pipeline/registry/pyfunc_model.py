@@ -12,11 +12,17 @@ Input (a DataFrame, one row per image; the signature's columns are all optional)
     image_id  long     id echoed in the output (default: the row number)
 Each row holds exactly one of `image` / `path`. In-process, a list of paths / bytes / arrays works too.
 Output: one row per detection: image_id, box [x1, y1, x2, y2] (original px), score, label (name), category_id.
+
+Backend: ONNX Runtime when the version carries a serving graph, PyTorch otherwise; override with
+`mlflow.pyfunc.load_model(uri, model_config={"backend": "torch"})` or, for `mlflow models serve`, the
+environment variable EFFDET_BACKEND=torch|onnxruntime.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +31,15 @@ import numpy as np
 import pandas as pd
 
 from pipeline.registry.errors import ArtifactError, ImageInputError
-from pipeline.registry.package import ARTIFACT_FILES, load_package
+from pipeline.registry.package import ARTIFACT_FILES, ONNX_ARTIFACT, load_package
 from pipeline.registry.predict import Detector
 
 ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")
 INPUT_COLUMNS = ("image", "path", "image_id")
 OUTPUT_COLUMNS = ("image_id", "box", "score", "label", "category_id")
+BACKEND_ENV = "EFFDET_BACKEND"
+# the logged model_config: backend auto | onnxruntime | torch, threads 0 = ONNX Runtime's default, use_gpu
+PYFUNC_SETTINGS: dict[str, Any] = {"backend": "auto", "threads": 0, "use_gpu": False}
 
 
 class EfficientDetPyfunc(mlflow.pyfunc.PythonModel):
@@ -42,7 +51,14 @@ class EfficientDetPyfunc(mlflow.pyfunc.PythonModel):
         missing = [key for key in ARTIFACT_FILES if key not in context.artifacts]
         if missing:
             raise ArtifactError(f"logged model lacks artifact(s) {missing}; it has {sorted(context.artifacts)}")
-        self.detector = Detector(load_package(**{key: context.artifacts[key] for key in ARTIFACT_FILES}))
+        files = {key: context.artifacts[key] for key in ARTIFACT_FILES}
+        package = load_package(**files, onnx=context.artifacts.get(ONNX_ARTIFACT))
+        settings = {**PYFUNC_SETTINGS, **(getattr(context, "model_config", None) or {})}
+        backend = settings["backend"] if settings["backend"] != "auto" else os.environ.get(BACKEND_ENV)
+        threads = int(settings["threads"]) or None
+        self.detector = Detector(package, backend=backend or None, threads=threads, use_gpu=bool(settings["use_gpu"]))
+        # one line in the server's log: which backend answers (`mlflow models serve` shows nothing else)
+        print(f"EfficientDet pyfunc: backend {self.detector.backend}", file=sys.stderr, flush=True)
 
     # MLflow reads predict's type hint as a schema; pd.DataFrame tells it "use the logged signature instead",
     # which is what enforcement hands us. Direct calls on the unwrapped model may also pass lists (see below).

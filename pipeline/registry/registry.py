@@ -115,19 +115,21 @@ def log_detector(
     run_id: str | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
     postprocess: PostprocessConfig | None = None,
+    onnx_graph: str | os.PathLike | None = None,
 ) -> str:
-    """Log `model` as a pyfunc logged model (in `run_id`'s experiment when given); returns its model id."""
+    """Log `model` as a pyfunc logged model (in `run_id`'s experiment when given), with its serving graph
+    `onnx_graph` when given; returns its model id."""
     import mlflow
     from mlflow.models import Model
 
     from pipeline.registry.package import write_package
-    from pipeline.registry.pyfunc_model import ENTRY_FILE, input_example, model_signature
+    from pipeline.registry.pyfunc_model import ENTRY_FILE, PYFUNC_SETTINGS, input_example, model_signature
 
     c = client(tracking_uri)
     experiment_id = c.get_run(run_id).info.experiment_id if run_id else ensure_experiment(tracking_uri, experiment)
     logged = c.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id)
     with tempfile.TemporaryDirectory(prefix="effdet-package-") as tmp, using_tracking_uri(tracking_uri):
-        artifacts = write_package(model, label_map, tmp, postprocess)
+        artifacts = write_package(model, label_map, tmp, postprocess, onnx_graph)
         Model.log(
             artifact_path=None,  # deprecated in MLflow 3 in favour of name, but still a required parameter
             name=MODEL_NAME,
@@ -137,6 +139,7 @@ def log_detector(
             python_model=str(ENTRY_FILE),  # models from code: no pickled PythonModel
             artifacts=artifacts,
             signature=model_signature(),
+            model_config=dict(PYFUNC_SETTINGS),  # overridable at load time: load_model(uri, model_config={...})
             input_example=input_example(),
             pip_requirements=pip_requirements(),
         )
@@ -220,11 +223,15 @@ def register_model(
     postprocess: PostprocessConfig | None = None,
     extra_tags: Mapping[str, str] | None = None,
     measure_latency: bool = True,
+    onnx: bool = True,
+    parity_data: str | os.PathLike | None = None,
 ) -> Registration:
     """Log `model`, register it as a new version of `name` with tags, and move `champion` only if it is better.
 
     `metrics` needs val_AP and val_AP50 (or AP / AP50) on the validation set whose `dataset_fingerprint` is given.
-    The new version gets `challenger` when it does not become champion.
+    The new version gets `challenger` when it does not become champion. With `onnx`, the version also carries
+    the ONNX Runtime serving graph, its detections compared with PyTorch's on val images of `parity_data` (a
+    dataset directory; generated images without one), the figures in `onnx_*` tags.
     """
 
     from pipeline.registry.metadata import code_version, model_tags, pick_metrics
@@ -241,7 +248,16 @@ def register_model(
     }
     if run_id:
         tags["run_id"] = run_id
-    model_id = log_detector(model, label_map, tracking_uri, run_id=run_id, postprocess=postprocess)
+    with tempfile.TemporaryDirectory(prefix="effdet-serving-") as tmp:
+        graph = None
+        if onnx:
+            graph, onnx_tags = _serving_graph(model, label_map, postprocess, tmp, parity_data)
+            tags |= onnx_tags
+        else:
+            tags["onnx"] = "off"
+        model_id = log_detector(
+            model, label_map, tracking_uri, run_id=run_id, postprocess=postprocess, onnx_graph=graph
+        )
     c = client(tracking_uri)
     _ensure_registered_model(c, name)
     # the client call (not mlflow.register_model) records both the logged model id and the source run; MLflow
@@ -254,6 +270,16 @@ def register_model(
         alias = CHAMPION if decision.promote else CHALLENGER
         c.set_registered_model_alias(name, alias, version.version)
     return Registration(name, str(version.version), f"models:/{name}/{version.version}", (alias,), decision)
+
+
+def _serving_graph(model, label_map, postprocess, out_dir: str, parity_data) -> tuple[Path | None, dict[str, str]]:
+    from effdet_core import PostprocessConfig
+    from pipeline.registry.onnx_backend import parity_images, prepare_serving_graph
+    from pipeline.registry.package import ModelPackage
+
+    package = ModelPackage(model.eval(), label_map, postprocess or PostprocessConfig())
+    images, source = parity_images(parity_data)
+    return prepare_serving_graph(package, out_dir, images, source)
 
 
 def promote(tracking_uri: str, name: str, version: str, alias: str = CHAMPION, force: bool = False) -> Decision:
@@ -339,13 +365,24 @@ def aliases_by_version(tracking_uri: str, name: str) -> dict[str, list[str]]:
     return out
 
 
-def load_detector(tracking_uri: str, ref: str, batch_size: int = 8):
-    """(Detector, ModelVersion) of a reference, loaded through MLflow's pyfunc loader exactly as serving does."""
+def load_detector(
+    tracking_uri: str,
+    ref: str,
+    batch_size: int = 8,
+    backend: str | None = None,
+    threads: int | None = None,
+    use_gpu: bool = False,
+):
+    """(Detector, ModelVersion) of a reference, loaded through MLflow's pyfunc loader exactly as serving does.
+    `backend` None: ONNX Runtime when the version carries a serving graph (on a GPU: when onnxruntime has CUDA),
+    PyTorch otherwise; `threads`: ONNX Runtime's intra-op threads."""
     import mlflow.pyfunc
+
+    from pipeline.registry.predict import Detector
 
     mv = get_version(tracking_uri, ref)
     with using_tracking_uri(tracking_uri):
         pyfunc = mlflow.pyfunc.load_model(f"models:/{mv.name}/{mv.version}")
-    detector = pyfunc.unwrap_python_model().detector
-    detector.batch_size = batch_size
-    return detector, mv
+    loaded = pyfunc.unwrap_python_model().detector
+    # the same package behind the engine asked for (versions logged before the backends had no model_config)
+    return Detector(loaded.package, batch_size, backend, threads, use_gpu), mv

@@ -250,6 +250,7 @@ def _register_best(config: PipelineConfig, ctx: SearchContext, best: TrialRow, m
         dataset_fingerprint=dataset_fingerprint(config.data.dir, "val"),
         run_id=child.run_id,
         force=options.force_champion,
+        data_dir=config.data.dir,
     )
     done.write_text(json.dumps({"model_uri": registration.model_uri, "trial_id": best.trial_id}), encoding="utf-8")
     tracking.set_tags(ctx.parent, {"tune.registered_model": registration.model_uri})

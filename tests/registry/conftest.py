@@ -1,5 +1,6 @@
 """Fixtures for the registry tests: tiny random-weight detectors, a small synthetic dataset, and one SQLite
-MLflow store (per test session) holding three registered versions of one model.
+MLflow store (per test session) holding three registered versions of one model; the champion (version 3)
+carries an ONNX Runtime serving graph, versions 1 and 2 do not.
 
 Registering costs seconds (model logging validates the input example by loading and running the model),
 so the versions are registered once and the tests read them; tests that change aliases restore them.
@@ -84,7 +85,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Registr
     # version 1 the way training registers it: from a checkpoint directory (with latency measured)
     checkpoint_dir = root / "checkpoint"
     save_checkpoint(tiny_state(seed=1, ap=VERSION_APS["1"]), checkpoint_dir)
-    registrations = [register_from_checkpoint(checkpoint_dir, MODEL_NAME, uri, None, fingerprint)]
+    registrations = [register_from_checkpoint(checkpoint_dir, MODEL_NAME, uri, None, fingerprint, onnx=False)]
     # version 2 logged into an existing (training) run, as `train --register` does
     training_run = client(uri).create_run(ensure_experiment(uri, "training"), run_name="train").info.run_id
     for version, run_id in (("2", training_run), ("3", None)):
@@ -100,6 +101,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Registr
                 fingerprint,
                 run_id=run_id,
                 measure_latency=False,
+                onnx=version == "3",  # the champion carries the ONNX Runtime graph (exported in ~10 s), v2 not
+                parity_data=dataset,
             )
         )
     return RegistryFixture(root, uri, dataset, fingerprint, registrations, training_run)

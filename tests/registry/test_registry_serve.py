@@ -1,5 +1,5 @@
-"""`mlflow models serve -m models:/NAME@champion --env-manager local` answers a real REST scoring request with
-the same detections as in-process prediction."""
+"""`mlflow models serve -m models:/NAME@champion --env-manager local` answers a real REST scoring request from
+ONNX Runtime (the champion carries its graph) with the same detections as in-process PyTorch prediction."""
 
 from __future__ import annotations
 
@@ -92,7 +92,8 @@ def test_served_model_answers_like_in_process_predict(registry, tmp_path):
             served = json.loads(response.read())["predictions"]
     finally:
         _stop(proc)
-    detector, _ = load_detector(registry.uri, f"{registry.name}@champion")
+    assert "EfficientDet pyfunc: backend onnxruntime" in log_path.read_text()
+    detector, _ = load_detector(registry.uri, f"{registry.name}@champion", backend="torch")
     expected = detector.predict([p.read_bytes() for p in images], image_ids=[10, 11])
     assert len(expected) > 0 and len(served) == len(expected)
     assert {d["image_id"] for d in served} == {10, 11}
@@ -102,7 +103,7 @@ def test_served_model_answers_like_in_process_predict(registry, tmp_path):
             want["label"],
             want["category_id"],
         )
-        assert got["score"] == pytest.approx(want["score"], abs=1e-5)
-        # Another process runs its convolutions on its own thread pool: float32 sums in another order move a
-        # box edge by ~1e-3 px (measured 1.2e-3 on a 128 px image), far below anything a user could see.
+        assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+        # ONNX Runtime (BatchNorm folded, its own kernels) sums float32 in another order than PyTorch: a box edge
+        # moves by ~1e-3 px on a 128 px image, far below anything a user could see.
         np.testing.assert_allclose(got["box"], want["box"], atol=1e-2)

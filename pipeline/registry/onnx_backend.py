@@ -1,0 +1,240 @@
+"""ONNX Runtime as a registered detector's network: the serving graph stored in a version, and its predictor.
+
+A registered version stores `model.onnx`: the ``network`` graph of `pipeline.registry.export` (images ->
+class_logits [B, N, C], box_codes [B, N, 4], dynamic batch) after ONNX Runtime's basic offline optimisation,
+which folds every BatchNormalization into the convolution before it and folds constants, yet stays a standard
+ONNX graph that any execution provider runs. `OnnxPredictor` runs it and hands the outputs to
+`effdet_core.postprocess`, the code the PyTorch backend runs, so the two backends differ only by the network's
+float32 arithmetic; registration measures that difference on real images (`compare_backends`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from effdet_core import AnchorCache, EfficientDet, EfficientDetConfig, PostprocessConfig
+from effdet_core.postprocess import postprocess
+from pipeline.registry.errors import ArtifactError
+
+ONNX_FILE = "model.onnx"
+BACKENDS = ("onnxruntime", "torch")
+
+
+def session_options(threads: int | None = None, optimization: str = "all"):
+    """ORT session options: `threads` intra-op threads (None: ORT's default, one per physical core)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    options.graph_optimization_level = levels[optimization]
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def execution_providers(use_gpu: bool = False) -> list[str]:
+    """CUDA first when asked for and this onnxruntime build has it (onnxruntime-gpu), CPU always."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = (["CUDAExecutionProvider"] if use_gpu else []) + ["CPUExecutionProvider"]
+    return [p for p in wanted if p in available]
+
+
+def has_cuda_provider() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+class OnnxPredictor:
+    """images [B,3,H,W] -> per image {"boxes" [k,4] xyxy input px, "scores" [k], "labels" [k]}: the stored graph
+    in ONNX Runtime, then `effdet_core.postprocess`; a drop-in for `EfficientDetForPrediction`."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        config: EfficientDetConfig,
+        num_classes: int,
+        postprocess_config: PostprocessConfig,
+        threads: int | None = None,
+        use_gpu: bool = False,
+    ):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise ArtifactError(f"ONNX graph {path} is missing")
+        try:
+            self.session = ort.InferenceSession(
+                str(path), session_options(threads), providers=execution_providers(use_gpu)
+            )
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs
+            raise ArtifactError(f"{path}: ONNX Runtime cannot load it: {e}") from None
+        outputs = [o.name for o in self.session.get_outputs()]
+        if outputs != ["class_logits", "box_codes"]:
+            raise ArtifactError(f"{path}: outputs {outputs}, a serving graph has ['class_logits', 'box_codes']")
+        self.path, self.config, self.num_classes = path, config, num_classes
+        self.postprocess_config = postprocess_config
+        self.anchors = AnchorCache(config)
+        self.device = torch.device("cpu")  # inputs and outputs live on the host; the provider moves them
+
+    def network(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B,3,H,W] float32 -> (class_logits [B,N,C], box_codes [B,N,4]) as CPU tensors (no copy)."""
+        logits, codes = self.session.run(None, {"images": np.ascontiguousarray(images.float().cpu().numpy())})
+        return torch.from_numpy(logits), torch.from_numpy(codes)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        image_size = tuple(images.shape[-2:])
+        logits, codes = self.network(images)
+        anchors = self.anchors.get(image_size, logits.device)
+        return postprocess(logits, codes, anchors, image_size, self.postprocess_config)
+
+    def eval(self) -> OnnxPredictor:
+        return self  # the graph has no train mode; here so callers can treat both backends alike
+
+
+def build_serving_graph(model: EfficientDet, out_path: str | os.PathLike, opset: int = 18) -> Path:
+    """Export the ``network`` graph of `model`, fold BatchNorm and constants offline (ORT basic level), check the
+    result against PyTorch on random batches of 1 and 3, and write it to `out_path`. Raises ExportError (and
+    leaves no file) when export or the check fails."""
+    import onnxruntime as ort
+
+    from pipeline.registry.export import NetworkOutputs, export_onnx, verify_onnx
+
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="effdet-onnx-") as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        export_onnx(model, raw, opset=opset, check_batch_sizes=(2,), graph="network")
+        options = session_options(optimization="basic")
+        options.optimized_model_filepath = str(out)  # written when the session is created
+        ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
+    verify_onnx(out, NetworkOutputs(model).eval(), (1, 3))  # removes `out` when it deviates
+    return out
+
+
+def count_ops(path: str | os.PathLike, op_type: str) -> int:
+    import onnx
+
+    return sum(node.op_type == op_type for node in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+@dataclass(frozen=True)
+class BackendParity:
+    """Detections of the ONNX Runtime backend against PyTorch's on the same images (`compare_backends`)."""
+
+    images: int
+    detections: int  # PyTorch's, over all images
+    matched: int  # of those, found by ONNX Runtime with the same label, box within box_px and score within 1e-3
+    max_box_px: float  # largest box-corner difference over matched detections, original px
+    max_score_diff: float
+    max_logit_diff: float  # largest |class logit| difference over every anchor and class
+
+    def tags(self, source: str) -> dict[str, str]:
+        return {
+            "onnx_parity_images": f"{self.images} ({source})",
+            "onnx_parity_detections": f"{self.matched}/{self.detections}",
+            "onnx_parity_max_box_px": f"{self.max_box_px:.3g}",
+            "onnx_parity_max_score_diff": f"{self.max_score_diff:.3g}",
+            "onnx_parity_max_logit_diff": f"{self.max_logit_diff:.3g}",
+        }
+
+
+def compare_backends(torch_detector, onnx_detector, images: Sequence[np.ndarray], box_px: float = 0.5) -> BackendParity:
+    """Run both `pipeline.registry.Detector`s on `images` (uint8 [h, w, 3]) and match detections greedily by
+    (image, label), then score order."""
+    ids = list(range(len(images)))
+    want = torch_detector.to_records(torch_detector.predict_arrays(images, ids))
+    got = onnx_detector.to_records(onnx_detector.predict_arrays(images, ids))
+    pool: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for det in got:
+        pool.setdefault((det["image_id"], det["label"]), []).append(det)
+    matched, worst_box, worst_score = 0, 0.0, 0.0
+    for det in want:
+        candidates = pool.get((det["image_id"], det["label"]), [])
+        best = min(candidates, key=lambda c: _box_distance(c["box"], det["box"]), default=None)
+        if best is None:
+            continue
+        box_diff, score_diff = _box_distance(best["box"], det["box"]), abs(best["score"] - det["score"])
+        if box_diff <= box_px and score_diff <= 1e-3:
+            matched += 1
+            worst_box, worst_score = max(worst_box, box_diff), max(worst_score, score_diff)
+            candidates.remove(best)
+    batch = torch.stack([torch_detector.preprocess(image, 0)[0] for image in images])
+    with torch.no_grad():
+        torch_logits = torch_detector.predictor.network(batch)[0]
+    onnx_logits = onnx_detector.predictor.network(batch)[0]
+    logit_diff = float((torch_logits - onnx_logits).abs().max())
+    return BackendParity(len(images), len(want), matched, worst_box, worst_score, logit_diff)
+
+
+def _box_distance(a: Sequence[float], b: Sequence[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+def parity_images(data_dir: str | os.PathLike | None, count: int = 8) -> tuple[list[np.ndarray], str]:
+    """Up to `count` validation images of the dataset `data_dir` (local or in a bucket), or generated demo images
+    when there is none to read; with a description for the version's tags."""
+    from pipeline.data import DatasetError, annotation_path, load_coco, storage
+    from pipeline.data.layout import image_file, images_dir
+    from pipeline.registry.errors import ImageInputError
+    from pipeline.registry.predict import decode_image
+
+    if data_dir is not None:
+        try:
+            coco = load_coco(annotation_path(data_dir, "val"))
+            names = [coco.imgs[i]["file_name"] for i in sorted(coco.imgs)[:count]]
+            images = [decode_image(storage.read_bytes(image_file(images_dir(data_dir), n)[0])) for n in names]
+            if images:
+                return images, f"val images of {storage.display_name(data_dir)}"
+        except (DatasetError, ImageInputError, OSError, KeyError) as e:  # unreadable here: fall back, say why
+            return _generated_images(count), f"generated demo images; val images unreadable: {type(e).__name__}"
+    return _generated_images(count), "generated demo images"
+
+
+def _generated_images(count: int) -> list[np.ndarray]:
+    from pipeline.data.synth import render_image
+
+    rng = np.random.default_rng(0)
+    return [np.asarray(render_image(rng, 256)[0].convert("RGB")) for _ in range(count)]
+
+
+def prepare_serving_graph(package, out_dir: str | os.PathLike, images: Sequence[np.ndarray], source: str):
+    """(graph path or None, version tags): build the serving graph of `package` (a `ModelPackage`) into
+    `out_dir` and compare the backends' detections on `images`. A failed export leaves no graph and says why in
+    the `onnx` tag; the version then serves with PyTorch."""
+    import dataclasses
+    import time
+
+    from pipeline.registry.errors import ExportError
+    from pipeline.registry.predict import Detector
+
+    start = time.perf_counter()
+    path = Path(out_dir) / ONNX_FILE
+    try:
+        build_serving_graph(package.model, path)
+    except ExportError as e:
+        return None, {"onnx": f"none: {str(e)[:400]}"}
+    seconds = time.perf_counter() - start
+    torch_detector = Detector(package, backend="torch")
+    onnx_detector = Detector(dataclasses.replace(package, onnx_path=path), backend="onnxruntime")
+    parity = compare_backends(torch_detector, onnx_detector, images)
+    tags = {"onnx": ONNX_FILE, "onnx_export_s": f"{seconds:.1f}", **parity.tags(source)}
+    tags["onnx_batchnorm_nodes"] = str(count_ops(path, "BatchNormalization"))
+    return path, tags
