@@ -1,5 +1,10 @@
-"""`run_pipeline.py predict --model models:/NAME@champion IMAGE... --out DIR`: each image with its boxes drawn,
-plus detections.json (COCO results format) and images.json (the image ids it refers to)."""
+"""`run_pipeline.py predict --model models:/NAME@champion INPUT... --out OUT`:
+
+- image files: each image with its boxes drawn, plus detections.json (COCO results format) and images.json (the
+  image ids it refers to), in this process;
+- one folder or bucket prefix: batch prediction with Ray Data over `--num-workers` actors, one results file per
+  shard, merged at the end, resumable (`pipeline.registry.batch_predict`); OUT may be a bucket prefix too.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +12,99 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.cli.common import add_tracking_uri, guarded, tracking_uri
+from pipeline.cli.common import add_backend, add_tracking_uri, backend, guarded, tracking_uri
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("predict", help="detect objects in images with a registered model")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument(
+        "images", nargs="+", metavar="INPUT", help="image files, or one folder / bucket prefix (batch prediction)"
+    )
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION (or without models:/)")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory (batch prediction: or a bucket prefix)")
     parser.add_argument(
         "--score-threshold", type=float, default=0.3, help="keep detections scoring at least this (default 0.3)"
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--show", type=int, default=5, help="detections printed per image (all go to the JSON)")
+    add_backend(parser)
+    batch = parser.add_argument_group("batch prediction (INPUT is a folder or bucket prefix)")
+    batch.add_argument("--num-workers", type=int, default=1, help="Ray Data actors, each holding the model once")
+    batch.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs (and inference threads) per actor")
+    batch.add_argument("--use-gpu", action="store_true", help="one GPU per actor")
+    batch.add_argument("--shard-size", type=int, default=64, help="images per output shard (the unit of resume)")
+    batch.add_argument("--draw", action="store_true", help="also write each image with its boxes drawn")
     add_tracking_uri(parser)
     parser.set_defaults(func=guarded(run))
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.registry import decode_image, draw_detections, load_detector, to_coco_results
+    from pipeline.data import storage
 
     if not 0.0 <= args.score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    for flag in ("batch_size", "num_workers", "shard_size"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    source = args.images[0]
+    if len(args.images) == 1 and (storage.is_remote(source) or Path(source).is_dir()):
+        return run_batch(args)
+    return run_files(args)
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    import ray
+
+    from pipeline.data import storage
+    from pipeline.ray_runtime import keep_sigterm_handler
+    from pipeline.registry.batch_predict import BatchJob, run_batch_prediction
+    from pipeline.registry.registry import get_version
+
+    uri = tracking_uri(args)
+    version = get_version(uri, args.model)  # the alias is resolved once: every actor runs this version
+    job = BatchJob(
+        tracking_uri=uri,
+        model_ref=f"{version.name}/{version.version}",
+        source=storage.absolute(args.images[0]),
+        out=storage.absolute(args.out),
+        num_workers=args.num_workers,
+        cpus_per_worker=args.cpus_per_worker,
+        use_gpu=args.use_gpu,
+        backend=backend(args),
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        score_threshold=args.score_threshold,
+        draw=args.draw,
+    )
+    started = not ray.is_initialized()
+    if started:
+        with keep_sigterm_handler():
+            ray.init(log_to_driver=True, include_dashboard=False)
+    try:
+        summary = run_batch_prediction(job, log=lambda line: print(line, flush=True))
+    finally:
+        if started:
+            ray.shutdown()
+    rate = f", {summary.images_per_s:.1f} img/s" if summary.shards_run else ""
+    if summary.steady_images_per_s:
+        rate += f"; {summary.steady_images_per_s:.1f} img/s once the models were loaded"
+    print(
+        f"{version.name} version {version.version}: {summary.detections} detections in {summary.images} images "
+        f"({summary.shards_run} of {summary.shards} shards run in {summary.seconds:.1f} s{rate}) -> {job.out}/ "
+        "(detections.json, images.json, failed.json, shards/)"
+    )
+    if summary.failed:
+        print(f"{len(summary.failed)} image(s) skipped, unreadable (listed in failed.json):")
+        for failure in summary.failed:
+            print(f"  {failure['file_name']}: {failure['error']}")
+    return 0
+
+
+def run_files(args: argparse.Namespace) -> int:
+    from pipeline.registry import decode_image, draw_detections, load_detector, to_coco_results
+
     arrays = [decode_image(path, k) for k, path in enumerate(args.images)]  # every image readable before loading
-    detector, version = load_detector(tracking_uri(args), args.model, batch_size=args.batch_size)
+    detector, version = load_detector(tracking_uri(args), args.model, batch_size=args.batch_size, backend=backend(args))
     image_ids = list(range(1, len(arrays) + 1))
     detections = [
         d for d in detector.to_records(detector.predict_arrays(arrays, image_ids)) if d["score"] >= args.score_threshold

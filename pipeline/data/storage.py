@@ -145,6 +145,25 @@ def read_text(location: Location) -> str:
     return read_bytes(location).decode("utf-8")
 
 
+def write_bytes(location: Location, data: bytes) -> None:
+    """Write a whole file or object. A reader sees all of it or nothing: a local file is written beside its name
+    and renamed into place; an object store publishes an object when its upload completes."""
+    if not is_remote(location):
+        path = local_path(location)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+        return
+    fs, path = filesystem(os.fspath(location))
+
+    def put() -> None:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+    _retried(os.fspath(location), put)
+
+
 def is_file(location: Location) -> bool:
     """Whether the file or object exists; a missing bucket is an error, not a missing object."""
     if not is_remote(location):
