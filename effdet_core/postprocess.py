@@ -31,12 +31,23 @@ class PostprocessConfig:
 
 
 def select_top_k(class_logits: torch.Tensor, box_codes: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
-    """[B, N, C] logits, [B, N, 4] codes -> top-k over (anchor, class): logits [B, k], anchor idx, class, codes."""
-    batch, _, num_classes = class_logits.shape
-    k = min(k, class_logits.shape[1] * num_classes)
-    top_logits, flat_index = torch.topk(class_logits.reshape(batch, -1), k=k, dim=1)  # [B, k]
-    anchor_index = flat_index // num_classes
-    classes = flat_index % num_classes
+    """[B, N, C] logits, [B, N, 4] codes -> top-k over (anchor, class): logits [B, k], anchor idx, class, codes.
+
+    Two exact stages instead of one top-k over all N * C pairs (4.4M for D0 at 512 px with 90 classes: 48 ms
+    on 2 CPU threads): the k-th best pair is at least the k-th best anchor's best class, so every top-k pair lies
+    in the k anchors whose best class scores highest; the final top-k runs over those k * C pairs only."""
+    batch, num_anchors, num_classes = class_logits.shape
+    k = min(k, num_anchors * num_classes)
+    if k < num_anchors and num_classes > 1:
+        best_per_anchor = class_logits.amax(dim=2)  # [B, N]
+        candidates = torch.topk(best_per_anchor, k=k, dim=1, sorted=False).indices  # [B, k] anchor indices
+        candidate_logits = torch.gather(class_logits, 1, candidates[..., None].expand(-1, -1, num_classes))
+        top_logits, flat = torch.topk(candidate_logits.reshape(batch, -1), k=k, dim=1)  # [B, k]
+        anchor_index = torch.gather(candidates, 1, flat // num_classes)
+    else:
+        top_logits, flat = torch.topk(class_logits.reshape(batch, -1), k=k, dim=1)  # [B, k]
+        anchor_index = flat // num_classes
+    classes = flat % num_classes
     codes = torch.gather(box_codes, 1, anchor_index[..., None].expand(-1, -1, 4))  # [B, k, 4]
     return top_logits, anchor_index, classes, codes
 

@@ -91,3 +91,24 @@ def test_soft_nms_matches_the_reference_gaussian_soft_nms():
     assert 0 < len(index) < k  # some boxes decayed below the 1e-3 floor: the comparison covers pruning too
     assert torch.equal(ours["boxes"], boxes[index]) and torch.equal(ours["labels"], classes[index])
     torch.testing.assert_close(ours["scores"], reference_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_two_stage_top_k_selects_exactly_the_pairs_one_top_k_over_all_pairs_selects():
+    """The (anchor, class) pairs kept before NMS: the two-stage selection (best anchors first) must give the same
+    sorted logits as one top-k over every pair, each kept pair pointing at its own logit and box code, with random
+    logits and with many ties (rounded logits)."""
+    from effdet_core.postprocess import select_top_k
+
+    for seed in range(6):
+        generator = torch.Generator().manual_seed(seed)
+        logits = torch.randn(2, 3000, 7, generator=generator)
+        if seed % 2:
+            logits = logits.round(decimals=1)
+        codes = torch.randn(2, 3000, 4, generator=generator)
+        top, anchors, classes, picked_codes = select_top_k(logits, codes, 500)
+        expected = torch.topk(logits.reshape(2, -1), k=500, dim=1).values
+        assert torch.equal(top, expected)
+        for b in range(2):
+            assert torch.equal(logits[b, anchors[b], classes[b]], top[b])
+            assert torch.equal(picked_codes[b], codes[b, anchors[b]])
+            assert len(set(zip(anchors[b].tolist(), classes[b].tolist(), strict=True))) == 500  # no pair twice
