@@ -1,8 +1,10 @@
 """Train-step throughput and predict latency of one variant, side by side with `effdet` when it is installed.
 
 Both models hold the same weights (effdet's random init, loaded into ours) and run interleaved in one process,
-so machine noise hits both alike. Prints medians and our/effdet ratios. On a GPU (`--device cuda`) both train
-under the same autocast (`--amp bf16|fp16`, fp16 with a grad scaler each) and the peak memory is printed.
+so machine noise hits both alike. Prints medians and our/effdet ratios. On CPU our model also predicts through
+ONNX Runtime (the serving graph a registration stores: `pipeline.registry.onnx_backend`, post-processing in
+PyTorch as in serving; `--no-onnx` skips it). On a GPU (`--device cuda`) both train under the same autocast
+(`--amp bf16|fp16`, fp16 with a grad scaler each) and the peak memory is printed.
 
     python benchmarks/bench_model.py --variant d0 --size 512 --train-batch 4 --predict-batch 1 --threads 2
     python benchmarks/bench_model.py --device cuda --amp bf16 --train-batch 16 --predict-batch 8
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 
 import torch
@@ -31,6 +34,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, default=90)
     parser.add_argument("--boxes-per-image", type=int, default=8)
     parser.add_argument("--no-effdet", action="store_true", help="measure our model only")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime predict measurement")
     parser.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast (GPU runs)")
     return parser.parse_args()
@@ -109,6 +113,23 @@ class EffdetRunner:
             self.predict_model(images)
 
 
+class OnnxRunner:
+    """Our model's serving graph in ONNX Runtime plus `effdet_core.postprocess`: predict only."""
+
+    name = "ours(onnxruntime)"
+
+    def __init__(self, model: E.EfficientDet, threads: int, workdir: str):
+        from pipeline.registry.onnx_backend import OnnxPredictor, build_serving_graph
+
+        start = time.perf_counter()
+        path = build_serving_graph(model, f"{workdir}/model.onnx")
+        self.export_s = time.perf_counter() - start
+        self.predictor = OnnxPredictor(path, model.config, model.num_classes, E.PostprocessConfig(), threads=threads)
+
+    def predict(self, images):
+        self.predictor(images)
+
+
 def build_runners(args, precision: Precision) -> list:
     ours = E.create_model(args.variant, num_classes=args.num_classes, image_size=args.size)
     ours.to(precision.device)
@@ -137,6 +158,7 @@ def synchronize() -> None:
 
 
 def time_interleaved(runners, fn_name: str, inputs, repeats: int, warmup: int) -> dict[str, list[float]]:
+    runners = [r for r in runners if hasattr(r, fn_name)]
     times: dict[str, list[float]] = {r.name: [] for r in runners}
     for i in range(warmup + repeats):
         for runner in runners if i % 2 == 0 else reversed(runners):  # alternate who goes first
@@ -165,7 +187,13 @@ def main() -> None:
     predict_images = torch.randn(args.predict_batch, 3, args.size, args.size, device=device)
 
     train = time_interleaved(runners, "train_step", (train_images, boxes, labels), args.repeats, args.warmup)
+    onnx_dir = tempfile.TemporaryDirectory(prefix="bench-onnx-")
+    if device.type == "cpu" and not args.no_onnx:
+        onnx_runner = OnnxRunner(runners[0].train_model.model, args.threads, onnx_dir.name)
+        print(f"ONNX Runtime serving graph built and checked in {onnx_runner.export_s:.1f} s")
+        runners.append(onnx_runner)
     predict = time_interleaved(runners, "predict", (predict_images,), args.repeats, args.warmup)
+    onnx_dir.cleanup()
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"
     print(
@@ -173,21 +201,26 @@ def main() -> None:
         f"torch {torch.__version__}, median of {args.repeats} (after {args.warmup} warm-up), interleaved"
     )
     print(
-        f"{'model':<12} {'train img/s (batch ' + str(args.train_batch) + ')':>24} "
+        f"{'model':<18} {'train img/s (batch ' + str(args.train_batch) + ')':>24} "
         f"{'predict ms (batch ' + str(args.predict_batch) + ')':>24}"
     )
     results = {}
     for runner in runners:
-        img_s = args.train_batch / statistics.median(train[runner.name])
+        img_s = args.train_batch / statistics.median(train[runner.name]) if train.get(runner.name) else None
         latency = 1000 * statistics.median(predict[runner.name])
         results[runner.name] = (img_s, latency)
-        print(f"{runner.name:<12} {img_s:>24.3f} {latency:>24.1f}")
-    if len(results) == 2:
+        shown = f"{img_s:>24.3f}" if img_s is not None else f"{'-':>24}"
+        print(f"{runner.name:<18} {shown} {latency:>24.1f}")
+    if "effdet" in results:
         (ours_ips, ours_ms), (ref_ips, ref_ms) = results["effdet_core"], results["effdet"]
         print(
             f"ratio ours/effdet: train throughput x{ours_ips / ref_ips:.3f} (higher is better), "
             f"predict latency x{ours_ms / ref_ms:.3f} (lower is better)"
         )
+        print(f"train throughput ours/effdet: x{ours_ips / ref_ips:.3f}")
+        print(f"predict latency ours(torch)/effdet: x{ours_ms / ref_ms:.3f}")
+        if "ours(onnxruntime)" in results:
+            print(f"predict latency ours(onnxruntime)/effdet: x{results['ours(onnxruntime)'][1] / ref_ms:.3f}")
     if device.type == "cuda":
         print(
             f"peak GPU memory (both models, train + predict): {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GB"
