@@ -79,6 +79,7 @@ class OurRunner:
 
     def train_step(self, images, boxes, labels):
         self.train_model.train()
+        images = images.contiguous(memory_format=torch.channels_last)  # as the loop's batches (`_to_device`)
         targets = [{"boxes": b, "labels": c} for b, c in zip(boxes, labels, strict=True)]
         with self.precision.autocast():
             loss = self.train_model(images, targets)["loss"]
@@ -133,8 +134,7 @@ class OnnxRunner:
 def build_runners(args, precision: Precision) -> list:
     ours = E.create_model(args.variant, num_classes=args.num_classes, image_size=args.size)
     ours.to(precision.device)
-    if precision.device.type == "cuda":
-        ours.to(memory_format=torch.channels_last)  # the training loop's GPU default
+    ours.to(memory_format=torch.channels_last)  # as the training loop (`train.channels_last: true`) and `Detector`
     if args.no_effdet:
         return [OurRunner(ours, precision)]
     try:
@@ -180,8 +180,6 @@ def main() -> None:
     precision = Precision(device, args.amp)
     runners = build_runners(args, precision)
     train_images = torch.randn(args.train_batch, 3, args.size, args.size, device=device)
-    if device.type == "cuda":
-        train_images = train_images.contiguous(memory_format=torch.channels_last)
     boxes, labels = make_targets(args.train_batch, args.size, args.boxes_per_image, args.num_classes)
     boxes, labels = boxes.to(device), labels.to(device)
     predict_images = torch.randn(args.predict_batch, 3, args.size, args.size, device=device)
