@@ -42,6 +42,11 @@ def add_register_arguments(parser: argparse.ArgumentParser, *, search: bool) -> 
     if search:
         group.add_argument("--no-register", action="store_true", help="do not register the best model")
     parser.add_argument("--force-champion", action="store_true", help=f"make {what} champion regardless")
+    parser.add_argument(
+        "--no-onnx",
+        action="store_true",
+        help="register without the ONNX Runtime serving graph (saves its export; the version serves with PyTorch)",
+    )
 
 
 def load_job_config(args: argparse.Namespace, flag_overrides: list[str]):

@@ -128,5 +128,6 @@ def _register(args: argparse.Namespace, config, outcome):
         dataset_fingerprint=dataset_fingerprint(storage.absolute(config.data.dir), "val"),
         run_id=outcome.run.run_id,
         force=args.force_champion,
+        onnx=not args.no_onnx,
         data_dir=storage.absolute(config.data.dir),
     )

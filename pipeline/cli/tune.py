@@ -79,6 +79,7 @@ def _options(args: argparse.Namespace, config):
         max_concurrent_trials=args.max_concurrent_trials,
         register=register,
         force_champion=args.force_champion,
+        onnx=not args.no_onnx,
     )
 
 

@@ -44,6 +44,7 @@ class SearchOptions:
     max_concurrent_trials: int | None = None  # null: as many as the cluster's resources fit
     register: str | None = None  # model name for the best trial; null: do not register
     force_champion: bool = False
+    onnx: bool = True  # the registered version carries the ONNX Runtime serving graph
 
     def check(self) -> None:
         for key, value, low in (("--num-samples", self.num_samples, 1), ("--max-epochs", self.max_epochs, 1)):
@@ -250,6 +251,7 @@ def _register_best(config: PipelineConfig, ctx: SearchContext, best: TrialRow, m
         dataset_fingerprint=dataset_fingerprint(config.data.dir, "val"),
         run_id=child.run_id,
         force=options.force_champion,
+        onnx=options.onnx,
         data_dir=config.data.dir,
     )
     done.write_text(json.dumps({"model_uri": registration.model_uri, "trial_id": best.trial_id}), encoding="utf-8")

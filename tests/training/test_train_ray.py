@@ -95,7 +95,8 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(
     assert (Path(outcome.run_dir) / "step_0000004").is_dir()  # Ray kept the last checkpoint (end of epoch 2)
 
     # `train --register NAME`: the best checkpoint becomes version 1, champion, linked to this run.
-    registration = train_cli._register(argparse.Namespace(register="shapes", force_champion=False), config, outcome)
+    args = argparse.Namespace(register="shapes", force_champion=False, no_onnx=True)  # ONNX: tests/registry
+    registration = train_cli._register(args, config, outcome)
     assert (registration.version, registration.aliases) == ("1", ("champion",))
     registry = MlflowClient(mlflow_server, registry_uri=mlflow_server)  # not MLflow's global
     version = registry.get_model_version_by_alias("shapes", "champion")

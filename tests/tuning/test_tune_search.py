@@ -44,6 +44,7 @@ def search_command(root: Path, *extra: str) -> list[str]:
         SEARCH,
         "--register",
         MODEL_NAME,
+        "--no-onnx",  # the serving graph's export is tested in tests/registry
         *extra,
     ]
     sets = ["data.batch_size=8", "optim.warmup_epochs=0", "mlflow.experiment=tune-tests"]
