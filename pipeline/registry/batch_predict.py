@@ -138,7 +138,7 @@ class ShardPredictor:
             try:
                 array = decode_image(storage.read_bytes(location))
             except (ImageInputError, storage.StorageError, OSError) as e:
-                failed.append({"file_name": name, "error": str(e).replace("image 0: ", "")})
+                failed.append({"file_name": name, "error": str(e).removeprefix("image 0: ")})
                 continue
             arrays.append(array)
             images.append(

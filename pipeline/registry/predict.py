@@ -53,6 +53,8 @@ def decode_image(image: ImageInput, index: int = 0) -> np.ndarray:
     try:
         with Image.open(source) as f:
             return np.asarray(f.convert("RGB"))
+    except Image.UnidentifiedImageError:  # its message holds the repr of a buffer object: say it plainly
+        raise ImageInputError(f"image {index}: cannot decode {what}: not an image format PIL reads") from None
     except Exception as e:  # PIL raises many types for undecodable data
         raise ImageInputError(f"image {index}: cannot decode {what}: {e}") from None
 
