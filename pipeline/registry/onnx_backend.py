@@ -26,6 +26,9 @@ from pipeline.registry.errors import ArtifactError
 
 ONNX_FILE = "model.onnx"
 BACKENDS = ("onnxruntime", "torch")
+MIN_MATCHED = 0.99  # share of PyTorch's detections ONNX Runtime must reproduce for its graph to be kept
+# largest |class logit| difference a kept graph may show: float32 reordering gives ~1e-5, a wrong graph far more
+MAX_LOGIT_DIFF = 1e-2
 
 
 def session_options(threads: int | None = None, optimization: str = "all"):
@@ -53,11 +56,18 @@ def execution_providers(use_gpu: bool = False) -> list[str]:
     return [p for p in wanted if p in available]
 
 
+def onnxruntime_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 def has_cuda_provider() -> bool:
-    try:
-        import onnxruntime as ort
-    except ImportError:
+    """This onnxruntime build has CUDA (onnxruntime-gpu); whether a GPU starts is known once a session runs."""
+    if not onnxruntime_available():
         return False
+    import onnxruntime as ort
+
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
@@ -85,6 +95,11 @@ class OnnxPredictor:
             )
         except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs
             raise ArtifactError(f"{path}: ONNX Runtime cannot load it: {e}") from None
+        if use_gpu and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise ArtifactError(
+                f"backend onnxruntime with a GPU: this onnxruntime runs {self.session.get_providers()} only "
+                "(install onnxruntime-gpu with a CUDA it supports, or use the torch backend)"
+            )
         outputs = [o.name for o in self.session.get_outputs()]
         if outputs != ["class_logits", "box_codes"]:
             raise ArtifactError(f"{path}: outputs {outputs}, a serving graph has ['class_logits', 'box_codes']")
@@ -178,7 +193,7 @@ def compare_backends(torch_detector, onnx_detector, images: Sequence[np.ndarray]
             candidates.remove(best)
     batch = torch.stack([torch_detector.preprocess(image, 0)[0] for image in images])
     with torch.no_grad():
-        torch_logits = torch_detector.predictor.network(batch)[0]
+        torch_logits = torch_detector.predictor.network(batch.to(torch_detector.device))[0].cpu()
     onnx_logits = onnx_detector.predictor.network(batch)[0]
     logit_diff = float((torch_logits - onnx_logits).abs().max())
     return BackendParity(len(images), len(want), matched, worst_box, worst_score, logit_diff)
@@ -199,12 +214,13 @@ def parity_images(data_dir: str | os.PathLike | None, count: int = 8) -> tuple[l
     if data_dir is not None:
         try:
             coco = load_coco(annotation_path(data_dir, "val"))
-            names = [coco.imgs[i]["file_name"] for i in sorted(coco.imgs)[:count]]
-            images = [decode_image(storage.read_bytes(image_file(images_dir(data_dir), n)[0])) for n in names]
+            files = [image_file(images_dir(data_dir), coco.imgs[i]["file_name"]) for i in sorted(coco.imgs)]
+            locations = [location for location, inside in files if inside][:count]  # never outside images/
+            images = [decode_image(storage.read_bytes(location)) for location in locations]
             if images:
                 return images, f"val images of {storage.display_name(data_dir)}"
         except (DatasetError, ImageInputError, OSError, KeyError) as e:  # unreadable here: fall back, say why
-            return _generated_images(count), f"generated demo images; val images unreadable: {type(e).__name__}"
+            return _generated_images(count), f"generated demo images; val images unreadable: {str(e)[:200]}"
     return _generated_images(count), "generated demo images"
 
 
@@ -217,24 +233,32 @@ def _generated_images(count: int) -> list[np.ndarray]:
 
 def prepare_serving_graph(package, out_dir: str | os.PathLike, images: Sequence[np.ndarray], source: str):
     """(graph path or None, version tags): build the serving graph of `package` (a `ModelPackage`) into
-    `out_dir` and compare the backends' detections on `images`. A failed export leaves no graph and says why in
-    the `onnx` tag; the version then serves with PyTorch."""
+    `out_dir` and compare the backends' detections on `images`. The graph is kept only when ONNX Runtime finds
+    at least `MIN_MATCHED` of PyTorch's detections (exact score ties can reorder NMS) with logits within tolerance;
+    otherwise, or when export fails, there is no graph, the `onnx` tag says why, and the version serves with
+    PyTorch."""
     import dataclasses
     import time
 
     from pipeline.registry.errors import ExportError
     from pipeline.registry.predict import Detector
 
+    if not onnxruntime_available():
+        return None, {"onnx": "none: onnxruntime is not installed"}
     start = time.perf_counter()
     path = Path(out_dir) / ONNX_FILE
     try:
         build_serving_graph(package.model, path)
-    except ExportError as e:
-        return None, {"onnx": f"none: {str(e)[:400]}"}
-    seconds = time.perf_counter() - start
-    torch_detector = Detector(package, backend="torch")
-    onnx_detector = Detector(dataclasses.replace(package, onnx_path=path), backend="onnxruntime")
-    parity = compare_backends(torch_detector, onnx_detector, images)
-    tags = {"onnx": ONNX_FILE, "onnx_export_s": f"{seconds:.1f}", **parity.tags(source)}
-    tags["onnx_batchnorm_nodes"] = str(count_ops(path, "BatchNormalization"))
-    return path, tags
+        seconds = time.perf_counter() - start
+        torch_detector = Detector(package, backend="torch")
+        onnx_detector = Detector(dataclasses.replace(package, onnx_path=path), backend="onnxruntime")
+        parity = compare_backends(torch_detector, onnx_detector, images)
+        batchnorms = count_ops(path, "BatchNormalization")
+    except (ExportError, ArtifactError, ImportError, RuntimeError, ValueError) as e:
+        path.unlink(missing_ok=True)
+        return None, {"onnx": f"none: {type(e).__name__}: {str(e)[:400]}"}
+    tags = {"onnx_export_s": f"{seconds:.1f}", **parity.tags(source), "onnx_batchnorm_nodes": str(batchnorms)}
+    if parity.matched < MIN_MATCHED * parity.detections or parity.max_logit_diff > MAX_LOGIT_DIFF:
+        path.unlink()
+        return None, {**tags, "onnx": "none: detections differ from PyTorch's (see onnx_parity_*)"}
+    return path, {**tags, "onnx": ONNX_FILE}

@@ -60,11 +60,11 @@ def decode_image(image: ImageInput, index: int = 0) -> np.ndarray:
 
 
 def default_backend(package: ModelPackage, use_gpu: bool = False) -> str:
-    """ONNX Runtime where the version carries a serving graph and it can run where asked (on a GPU only with
-    onnxruntime-gpu's CUDA provider), PyTorch otherwise."""
-    from pipeline.registry.onnx_backend import has_cuda_provider
+    """ONNX Runtime where the version carries a serving graph and it can run where asked (installed; on a GPU
+    only with onnxruntime-gpu's CUDA provider), PyTorch otherwise."""
+    from pipeline.registry.onnx_backend import has_cuda_provider, onnxruntime_available
 
-    if package.onnx_path is None or (use_gpu and not has_cuda_provider()):
+    if package.onnx_path is None or not onnxruntime_available() or (use_gpu and not has_cuda_provider()):
         return "torch"
     return "onnxruntime"
 
@@ -72,7 +72,8 @@ def default_backend(package: ModelPackage, use_gpu: bool = False) -> str:
 @dataclass
 class Detector:
     """A model package ready for inference: eval transform + network (PyTorch or ONNX Runtime) + NMS + label
-    names. `backend` None picks `default_backend`; `threads` sets ONNX Runtime's intra-op threads."""
+    names. `backend` None picks `default_backend`; `threads` sets ONNX Runtime's intra-op threads (PyTorch uses
+    the process's `torch.set_num_threads`). The PyTorch backend moves the package's network to its device, NHWC."""
 
     package: ModelPackage
     batch_size: int = 8

@@ -53,10 +53,8 @@ class EfficientDetPyfunc(mlflow.pyfunc.PythonModel):
             raise ArtifactError(f"logged model lacks artifact(s) {missing}; it has {sorted(context.artifacts)}")
         files = {key: context.artifacts[key] for key in ARTIFACT_FILES}
         package = load_package(**files, onnx=context.artifacts.get(ONNX_ARTIFACT))
-        settings = {**PYFUNC_SETTINGS, **(getattr(context, "model_config", None) or {})}
-        backend = settings["backend"] if settings["backend"] != "auto" else os.environ.get(BACKEND_ENV)
-        threads = int(settings["threads"]) or None
-        self.detector = Detector(package, backend=backend or None, threads=threads, use_gpu=bool(settings["use_gpu"]))
+        backend, threads, use_gpu = pyfunc_settings(getattr(context, "model_config", None) or {})
+        self.detector = Detector(package, backend=backend, threads=threads, use_gpu=use_gpu)
         # one line in the server's log: which backend answers (`mlflow models serve` shows nothing else)
         print(f"EfficientDet pyfunc: backend {self.detector.backend}", file=sys.stderr, flush=True)
 
@@ -68,6 +66,27 @@ class EfficientDetPyfunc(mlflow.pyfunc.PythonModel):
         images, image_ids = parse_model_input(model_input)
         records = self.detector.predict(images, image_ids)
         return pd.DataFrame(records, columns=list(OUTPUT_COLUMNS))
+
+
+def pyfunc_settings(model_config: dict[str, Any]) -> tuple[str | None, int | None, bool]:
+    """(backend or None for the default, ONNX Runtime threads or None, use_gpu) from the load-time model_config
+    over the logged one, then EFFDET_BACKEND; a bad value is refused naming its key."""
+    settings = {**PYFUNC_SETTINGS, **model_config}
+    backend = str(settings["backend"] or "auto")
+    source = "model_config['backend']"
+    if backend == "auto" and os.environ.get(BACKEND_ENV):
+        backend, source = os.environ[BACKEND_ENV], BACKEND_ENV
+    if backend not in ("auto", "onnxruntime", "torch"):
+        raise ValueError(f"{source}={backend!r}: choose auto, onnxruntime or torch")
+    try:
+        threads = int(settings["threads"] or 0)
+    except (TypeError, ValueError):
+        value = settings["threads"]
+        raise ValueError(f"model_config['threads']={value!r}: give a whole number (0 = default)") from None
+    use_gpu = settings["use_gpu"]
+    if isinstance(use_gpu, str):
+        use_gpu = use_gpu.strip().lower() in ("1", "true", "yes")
+    return (None if backend == "auto" else backend), (threads or None), bool(use_gpu)
 
 
 def parse_model_input(model_input: Any) -> tuple[list[Any], list[int]]:

@@ -7,6 +7,7 @@ the duration of a call and restored afterwards (`using_tracking_uri`).
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import tempfile
@@ -40,6 +41,7 @@ _RUNTIME_PACKAGES = (
     "opencv-python-headless",
     "pycocotools",
     "mlflow",
+    "onnxruntime",  # the serving graph's backend
 )
 
 
@@ -277,7 +279,8 @@ def _serving_graph(model, label_map, postprocess, out_dir: str, parity_data) -> 
     from pipeline.registry.onnx_backend import parity_images, prepare_serving_graph
     from pipeline.registry.package import ModelPackage
 
-    package = ModelPackage(model.eval(), label_map, postprocess or PostprocessConfig())
+    # a copy: export moves the network to the CPU and PyTorch prediction makes it channels_last
+    package = ModelPackage(copy.deepcopy(model).eval(), label_map, postprocess or PostprocessConfig())
     images, source = parity_images(parity_data)
     return prepare_serving_graph(package, out_dir, images, source)
 
@@ -381,8 +384,13 @@ def load_detector(
     from pipeline.registry.predict import Detector
 
     mv = get_version(tracking_uri, ref)
+    settings = {"backend": backend or "auto", "threads": threads or 0, "use_gpu": use_gpu}
+    has_settings = "onnx" in mv.tags  # versions logged before the backends take no model_config
     with using_tracking_uri(tracking_uri):
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{mv.name}/{mv.version}")
-    loaded = pyfunc.unwrap_python_model().detector
-    # the same package behind the engine asked for (versions logged before the backends had no model_config)
-    return Detector(loaded.package, batch_size, backend, threads, use_gpu), mv
+        uri = f"models:/{mv.name}/{mv.version}"
+        pyfunc = mlflow.pyfunc.load_model(uri, model_config=settings if has_settings else None)
+    detector = pyfunc.unwrap_python_model().detector
+    if not has_settings and (backend, threads, use_gpu) != (None, None, False):
+        detector = Detector(detector.package, batch_size, backend, threads, use_gpu)
+    detector.batch_size = batch_size
+    return detector, mv

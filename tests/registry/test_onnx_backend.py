@@ -69,5 +69,26 @@ def test_a_failed_export_registers_the_version_without_a_graph_and_says_why(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # its own store: the session's registry lists its models exactly
     registration = register_model(make_model(4), label_map, "no-graph", uri, metrics, "fp", measure_latency=False)
     detector, version = load_detector(uri, registration.model_uri)
-    assert version.tags["onnx"] == "none: the exporter met an unsupported operator"
+    assert version.tags["onnx"] == "none: ExportError: the exporter met an unsupported operator"
     assert detector.backend == "torch" and detector.package.onnx_path is None
+
+
+def test_the_pyfunc_backend_follows_model_config_then_the_environment_and_refuses_bad_values(registry, monkeypatch):
+    import mlflow.pyfunc
+
+    from pipeline.registry.pyfunc_model import BACKEND_ENV, pyfunc_settings
+    from pipeline.registry.registry import using_tracking_uri
+
+    uri = f"models:/{registry.name}@champion"
+    with using_tracking_uri(registry.uri):
+        chosen = mlflow.pyfunc.load_model(uri, model_config={"backend": "torch"}).unwrap_python_model().detector
+        monkeypatch.setenv(BACKEND_ENV, "torch")  # what `EFFDET_BACKEND=torch mlflow models serve ...` sets
+        from_env = mlflow.pyfunc.load_model(uri).unwrap_python_model().detector
+    assert (chosen.backend, from_env.backend) == ("torch", "torch")
+    assert pyfunc_settings({"backend": "auto", "threads": "2", "use_gpu": "false"}) == ("torch", 2, False)
+    monkeypatch.setenv(BACKEND_ENV, "tensorrt")
+    with pytest.raises(ValueError, match="EFFDET_BACKEND='tensorrt'"):
+        pyfunc_settings({})
+    monkeypatch.delenv(BACKEND_ENV)
+    with pytest.raises(ValueError, match=r"model_config\['threads'\]='many'"):
+        pyfunc_settings({"threads": "many"})
