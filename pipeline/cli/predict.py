@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pipeline.cli.common import add_backend, add_tracking_uri, backend, guarded, tracking_uri
 
+SHARD_SIZE = 64  # images per shard file: the unit of resume
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("predict", help="detect objects in images with a registered model")
@@ -32,7 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     batch.add_argument("--num-workers", type=int, default=1, help="Ray Data actors, each holding the model once")
     batch.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs (and inference threads) per actor")
     batch.add_argument("--use-gpu", action="store_true", help="one GPU per actor")
-    batch.add_argument("--shard-size", type=int, default=64, help="images per output shard (the unit of resume)")
+    batch.add_argument(
+        "--shard-size", type=int, default=SHARD_SIZE, help="images per output shard (the unit of resume)"
+    )
     batch.add_argument("--draw", action="store_true", help="also write each image with its boxes drawn")
     add_tracking_uri(parser)
     parser.set_defaults(func=guarded(run))
@@ -43,12 +47,20 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    for flag in ("batch_size", "num_workers", "shard_size"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    for flag in ("batch_size", "num_workers", "shard_size", "cpus_per_worker"):
+        if getattr(args, flag) <= 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     source = args.images[0]
     if len(args.images) == 1 and (storage.is_remote(source) or Path(source).is_dir()):
         return run_batch(args)
+    batch_only = {
+        "--num-workers": args.num_workers != 1,
+        "--shard-size": args.shard_size != SHARD_SIZE,
+        "--draw": args.draw,
+    }
+    if any(batch_only.values()):
+        given = ", ".join(flag for flag, on in batch_only.items() if on)
+        raise ValueError(f"{given}: for a folder or bucket prefix (batch prediction), not for image files")
     return run_files(args)
 
 
@@ -104,7 +116,9 @@ def run_files(args: argparse.Namespace) -> int:
     from pipeline.registry import decode_image, draw_detections, load_detector, to_coco_results
 
     arrays = [decode_image(path, k) for k, path in enumerate(args.images)]  # every image readable before loading
-    detector, version = load_detector(tracking_uri(args), args.model, batch_size=args.batch_size, backend=backend(args))
+    detector, version = load_detector(
+        tracking_uri(args), args.model, batch_size=args.batch_size, backend=backend(args), use_gpu=args.use_gpu
+    )
     image_ids = list(range(1, len(arrays) + 1))
     detections = [
         d for d in detector.to_records(detector.predict_arrays(arrays, image_ids)) if d["score"] >= args.score_threshold

@@ -152,8 +152,11 @@ def write_bytes(location: Location, data: bytes) -> None:
         path = local_path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        partial.write_bytes(data)
-        os.replace(partial, path)
+        try:
+            partial.write_bytes(data)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)  # a failed write leaves nothing behind
         return
     fs, path = filesystem(os.fspath(location))
 
@@ -161,7 +164,7 @@ def write_bytes(location: Location, data: bytes) -> None:
         with fs.open_output_stream(path) as f:
             f.write(data)
 
-    _retried(os.fspath(location), put)
+    _retried(os.fspath(location), put, verb="write")
 
 
 def is_file(location: Location) -> bool:
@@ -201,7 +204,7 @@ def _read_all(fs, path: str) -> bytes:
         return f.read()
 
 
-def _retried(uri: str, call):
+def _retried(uri: str, call, verb: str = "read"):
     """`call()`, retried with backoff on transient errors; a missing object, bucket or credentials fails at once."""
     for attempt in range(RETRIES):
         try:
@@ -212,7 +215,7 @@ def _retried(uri: str, call):
             permanent = _permanent_reason(str(e))
             if permanent or attempt == RETRIES - 1:
                 tries = "" if permanent else f" after {RETRIES} attempts"
-                raise StorageError(f"{uri}: cannot read{tries}: {permanent or e}") from e
+                raise StorageError(f"{uri}: cannot {verb}{tries}: {permanent or e}") from e
             time.sleep(BACKOFF_S * 2**attempt)
     raise AssertionError("unreachable")
 

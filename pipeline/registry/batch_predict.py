@@ -55,8 +55,9 @@ class BatchSummary:
     steady_images_per_s: float  # after the first shard: the actors hold their model
 
 
-def list_images(source: str) -> list[str]:
-    """Image files under `source` (recursive), as names relative to it, sorted; an empty or missing source raises
+def list_images(source: str, exclude: str | None = None) -> list[str]:
+    """Image files under `source` (recursive), as names relative to it, sorted, leaving out anything under
+    `exclude` (an output folder inside the input: its drawn images are no input); an empty or missing source raises
     `DatasetError` naming it."""
     if storage.is_remote(source):
         names = list(storage.list_files(source))
@@ -65,7 +66,8 @@ def list_images(source: str) -> list[str]:
         if not root.is_dir():
             raise storage.DatasetError(f"{source}: not a directory of images")
         names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-    names = sorted(n for n in names if n.lower().endswith(IMAGE_SUFFIXES))
+    skip = exclude.rstrip("/").removeprefix(source.rstrip("/") + "/") + "/" if exclude else None
+    names = sorted(n for n in names if n.lower().endswith(IMAGE_SUFFIXES) and not (skip and n.startswith(skip)))
     if not names:
         raise storage.DatasetError(f"{source}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     return names
@@ -93,10 +95,16 @@ def check_manifest(job: BatchJob, names: list[str]) -> None:
         "names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
         "shard_size": job.shard_size,
         "score_threshold": job.score_threshold,
+        "backend": job.backend or "auto",
     }
     path = storage.join(job.out, MANIFEST_FILE)
     if storage.is_file(path):
-        previous = json.loads(storage.read_text(path))
+        try:
+            previous = json.loads(storage.read_text(path))
+        except ValueError as e:
+            raise storage.DatasetError(
+                f"{path}: not a readable manifest ({e}); delete {job.out} to start over"
+            ) from None
         changed = sorted(k for k in manifest if previous.get(k) != manifest[k])
         if changed:
             raise storage.DatasetError(
@@ -121,6 +129,8 @@ class ShardPredictor:
         )
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        if len(batch["shard"]) == 0:
+            return {key: [] for key in ("shard", "images", "failed", "detections", "backend")}
         rows = [
             self.predict_shard(int(shard), int(first_id), json.loads(names))
             for shard, first_id, names in zip(batch["shard"], batch["first_id"], batch["names"], strict=True)
@@ -137,9 +147,10 @@ class ShardPredictor:
             location = storage.join(self.job.source, name)
             try:
                 array = decode_image(storage.read_bytes(location))
-            except (ImageInputError, storage.StorageError, OSError) as e:
+            except (ImageInputError, storage.ObjectNotFound, FileNotFoundError) as e:  # this image, for good
                 failed.append({"file_name": name, "error": str(e).removeprefix("image 0: ")})
                 continue
+            # any other storage error fails the shard: it stays unwritten, and a rerun reads its images again
             arrays.append(array)
             images.append(
                 {"id": first_id + offset, "file_name": name, "width": array.shape[1], "height": array.shape[0]}
@@ -177,9 +188,29 @@ class ShardPredictor:
             storage.write_bytes(storage.join(self.job.out, "drawn", name), buffer.getvalue())
 
 
+def check_reachable(job: BatchJob) -> None:
+    """On a cluster that may span nodes, actors on other nodes must reach the input, the output and the tracking
+    store: local paths and a SQLite store are refused, naming them (Ray must be initialised)."""
+    from pipeline.cluster_storage import TRACKING_HINT, is_local_tracking_store, may_span_nodes
+
+    if not may_span_nodes():
+        return
+    local = [
+        f"{what} {where}" for what, where in (("input", job.source), ("--out", job.out)) if not storage.is_remote(where)
+    ]
+    if is_local_tracking_store(job.tracking_uri):
+        local.append(f"tracking store {job.tracking_uri} (use {TRACKING_HINT})")
+    if local:
+        raise storage.DatasetError(
+            f"this Ray cluster spans several nodes, whose actors cannot read this machine's disk: {'; '.join(local)}. "
+            "Use bucket prefixes (s3://..., gs://...)"
+        )
+
+
 def run_batch_prediction(job: BatchJob, log: Callable[[str], None] = print) -> BatchSummary:
     """Predict every image of `job.source` not yet in a written shard, then merge all shards; see the module doc."""
-    names = list_images(job.source)
+    check_reachable(job)
+    names = list_images(job.source, exclude=job.out)
     check_manifest(job, names)
     shards = plan(names, job.shard_size)
     todo = [row for row in shards if not storage.is_file(shard_file(job.out, row["shard"]))]
@@ -205,7 +236,8 @@ def run_batch_prediction(job: BatchJob, log: Callable[[str], None] = print) -> B
 
 def _predict_shards(job: BatchJob, todo: list[dict[str, Any]], log: Callable[[str], None]) -> tuple[int, float]:
     """Run the shards through the actor pool, one progress line per shard written; (images, img/s after the
-    first shard, i.e. once the actors hold their model: 0.0 with a single shard)."""
+    first shard: with one worker, once its model is loaded; with more, other actors' first shards still include
+    their loading; 0.0 with a single shard)."""
     import logging
 
     import ray.data

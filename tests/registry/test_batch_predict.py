@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def test_two_workers_predict_every_image_once_and_a_rerun_redoes_only_a_deleted_
 
     out = tmp_path / "out"
     command = ["predict", "--model", f"{registry.name}@champion", str(image_folder), "--out", str(out)]
-    command += ["--num-workers", "2", "--shard-size", "16", "--score-threshold", "0.2"]
+    command += ["--num-workers", "2", "--shard-size", "16", "--score-threshold", "0.2", "--draw"]
     ray.init(num_cpus=2, include_dashboard=False)  # the CLI uses a running Ray; shut down here
     try:
         assert main([*command, "--tracking-uri", registry.uri]) == 0
@@ -59,6 +60,8 @@ def test_two_workers_predict_every_image_once_and_a_rerun_redoes_only_a_deleted_
     assert sorted(im["file_name"] for im in images) == [n for n in names if n != "part1/broken.png"]
     assert all(im["id"] == names.index(im["file_name"]) + 1 for im in images)  # ids: position in the sorted list
     assert [f["file_name"] for f in json.loads((out / "failed.json").read_text())] == ["part1/broken.png"]
+    drawn = sorted(p.name for p in (out / "drawn").iterdir())  # --draw: each readable image once, named by id
+    assert drawn == sorted(f"{im['id']:06d}_{Path(im['file_name']).stem}.png" for im in images)
 
     # the detections are the in-process detector's (same version, same backend), image by image
     detector, _ = load_detector(registry.uri, f"{registry.name}@champion")
