@@ -55,7 +55,7 @@ def test_head_outputs_and_detections_match_effdet(variant, size):
         ref_dets = DetBenchPredict(reference).eval()(images, img_info=img_info)  # [B, 100, 6], classes 1-based
         our_dets = E.EfficientDetForPrediction(ours)(images)
         # Our post-processing on effdet's own head outputs: no float noise, the same top-5000 candidate scores
-        # (`test_two_stage_top_k_selects_exactly_...`), so detections are identical but where random-weight scores
+        # (`test_two_stage_top_k_keeps_the_same_scores_...`), so detections are identical but where random-weight scores
         # tie exactly: the two top-k implementations order tied candidates differently, and NMS keeps the first.
         anchors = E.generate_anchors(ours.config, (size, size))
         from_ref_heads = postprocess(
