@@ -98,7 +98,7 @@ def next_steps(config, outcome, registration) -> list[str]:
     else:
         model = f"models:/{registration.name}/{registration.version}"
     lines += [
-        f"  predict:      {run} predict --model {model} IMAGE... --out predictions/{uri}",
+        f"  predict:      {run} predict --model {model} IMAGE...|FOLDER --out predictions/{uri}",
         f"  evaluate:     {run} evaluate --model {model} --data {shlex.quote(config.data.dir)}{uri}",
         f"  look:         {ui_hint(outcome.run.tracking_uri)}",
     ]
