@@ -185,13 +185,12 @@ def main() -> None:
     predict_images = torch.randn(args.predict_batch, 3, args.size, args.size, device=device)
 
     train = time_interleaved(runners, "train_step", (train_images, boxes, labels), args.repeats, args.warmup)
-    onnx_dir = tempfile.TemporaryDirectory(prefix="bench-onnx-")
-    if device.type == "cpu" and not args.no_onnx:
-        onnx_runner = OnnxRunner(runners[0].train_model.model, args.threads, onnx_dir.name)
-        print(f"ONNX Runtime serving graph built and checked in {onnx_runner.export_s:.1f} s")
-        runners.append(onnx_runner)
-    predict = time_interleaved(runners, "predict", (predict_images,), args.repeats, args.warmup)
-    onnx_dir.cleanup()
+    with tempfile.TemporaryDirectory(prefix="bench-onnx-") as onnx_dir:
+        if device.type == "cpu" and not args.no_onnx:
+            onnx_runner = OnnxRunner(runners[0].train_model.model, args.threads, onnx_dir)
+            print(f"ONNX Runtime serving graph built and checked in {onnx_runner.export_s:.1f} s")
+            runners.append(onnx_runner)
+        predict = time_interleaved(runners, "predict", (predict_images,), args.repeats, args.warmup)
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"
     print(

@@ -8,6 +8,7 @@
 #   3. the smoke and the main (default) configs through Ray Train with --use-gpu and amp auto: img/s, data-wait
 #      share, peak GPU memory, final val AP; with 2+ GPUs also the smoke config on 2 DDP workers (NCCL + SyncBN)
 #   4. a tune search with half a GPU per trial on one GPU: the two trials run side by side
+#   5. the smoke model registered (ONNX graph and parity tags) and batch prediction over its images on the GPU
 # Without CUDA it prints "no CUDA device: nothing to check" and exits 0.
 #
 #   benchmarks/gpu_check.sh            (outputs under a fresh temp dir; GPU_CHECK_OUT=DIR to keep them there)
@@ -110,6 +111,21 @@ if step tune_half_gpu 900 "$PY" run_pipeline.py tune --config configs/smoke.yaml
         fail "tune_half_gpu: the trials never ran at the same time"
     fi
     figure "tune_half_gpu leaderboard: $(grep -A3 '^rank' "$OUT/tune_half_gpu.log" | tr -s ' ' | tr '\n' '|')"
+fi
+
+# 5. the smoke model registered (with its ONNX Runtime graph) and batch prediction of its images on the GPU (PyTorch
+#    on CUDA: the onnxruntime wheel is CPU-only unless onnxruntime-gpu is installed)
+best=$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/train_smoke.log" | grep -o 'best checkpoint: .*' | tail -n 1 | cut -d' ' -f3)
+data=$("$PY" -c "from pipeline.config import load_config; print(load_config('configs/smoke.yaml', []).data.dir)")
+if [ -n "$best" ] && step register_smoke 300 "$PY" run_pipeline.py registry register "$best" gpu-check \
+    --data "$data" --tracking-uri "sqlite:///$OUT/mlflow.db"; then
+    figure "register_smoke: $(grep -o 'registered .*' "$OUT/register_smoke.log" | tail -n 1)"
+    step batch_predict_gpu 600 "$PY" run_pipeline.py predict --model gpu-check@champion "$data/images" \
+        --out "$OUT/predictions" --num-workers 1 --use-gpu --cpus-per-worker 4 \
+        --tracking-uri "sqlite:///$OUT/mlflow.db" &&
+        figure "batch_predict_gpu: $(grep -o 'detections in .*' "$OUT/batch_predict_gpu.log" | tail -n 1)"
+else
+    fail "register_smoke: no best checkpoint in train_smoke's log, or registration failed"
 fi
 
 echo "outputs and logs: $OUT"
