@@ -7,6 +7,7 @@ exactly what validation saw during training; boxes are mapped back with `pipelin
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import os
@@ -120,9 +121,13 @@ class Detector:
         return self.predictor.device
 
     def with_postprocess(self, postprocess: PostprocessConfig) -> Detector:
-        """The same network, backend and transform with other post-processing (e.g. soft-NMS to evaluate)."""
-        package = dataclasses.replace(self.package, postprocess=postprocess)
-        return Detector(package, self.batch_size, self.backend, self.threads, self.use_gpu)
+        """The same network (model or ONNX Runtime session, shared, not rebuilt), backend and transform with other
+        post-processing (e.g. soft-NMS to evaluate)."""
+        twin = copy.copy(self)
+        twin.package = dataclasses.replace(self.package, postprocess=postprocess)
+        twin.predictor = copy.copy(self.predictor)  # both predictors read `postprocess_config` at each call
+        twin.predictor.postprocess_config = postprocess
+        return twin
 
     def with_backend(self, backend: str | None) -> Detector:
         return Detector(self.package, self.batch_size, backend, self.threads, self.use_gpu)
