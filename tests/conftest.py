@@ -1,5 +1,5 @@
 """Suite-wide: no test leaks MLflow's process-global URIs or environment into the next one; `gpu` tests skip,
-saying why, where torch sees no CUDA device."""
+saying why, where torch sees no CUDA device; the servers tests share (MLflow, S3) start once per session."""
 
 from __future__ import annotations
 
@@ -59,6 +59,16 @@ def check_plot():
         assert 0.002 < dark < 0.5 and light > 0.3, f"{path}: {dark:.1%} dark, {light:.1%} light pixels"
 
     return check
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 shared by the session (tests/mlflow_server.py): its URI. Tests that use
+    it identify their runs by run id and their registered models by names no other test uses."""
+    from mlflow_server import running_mlflow_server
+
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,6 @@ TINY_OVERRIDES = _train.TINY_OVERRIDES
 free_port = _train.free_port
 one_torch_thread = _train.one_torch_thread
 tiny_dataset = _train.tiny_dataset
-mlflow_server = _train.mlflow_server
 
 
 def tiny_overrides(tiny_dataset: Path, out: Path, tracking_uri: str) -> list[str]:

@@ -144,7 +144,7 @@ def test_registry_cli_list_show_promote(registry, capsys):
 
 
 _RACER = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 
 import torch
@@ -154,7 +154,17 @@ from pipeline.data import LabelMap
 from pipeline.registry import registry
 
 uri, fingerprint, ap, role, signals = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], Path(sys.argv[5])
-decide = registry.decide_promotion
+decide, lock = registry.decide_promotion, registry.promotion_lock
+
+
+def lock_announced(tracking_uri, name):
+    (signals / f"{role}-at-lock").write_text(str(os.getpid()))  # about to take the lock (or to block on it)
+    return lock(tracking_uri, name)
+
+
+def blocked_on_a_lock(pid):  # the kernel lists pid as waiting for an flock: a "->" line of /proc/locks
+    waiting = [line.split()[2:7] for line in Path("/proc/locks").read_text().splitlines() if " -> " in line]
+    return ["FLOCK", "ADVISORY", "WRITE", pid] in [fields[:4] for fields in waiting]
 
 
 def decide_in_the_race(candidate, champion, force=False):
@@ -162,14 +172,19 @@ def decide_in_the_race(candidate, champion, force=False):
     if role == "first":
         (signals / "first-decided").touch()
     else:
-        deadline = time.time() + 15  # holding the lock, it waits in vain (first is blocked): then it goes on
-        while not (signals / "first-decided").exists() and time.time() < deadline:
+        # Holding the lock, it would wait in vain: it goes on once the kernel shows first blocked on the lock.
+        # Without a lock, first is never blocked, and decides after its read of the champion.
+        give_up = time.monotonic() + 120  # first crashed: its exit code fails the test
+        while not (signals / "first-decided").exists() and time.monotonic() < give_up:
+            at_lock = signals / "first-at-lock"
+            if at_lock.exists() and at_lock.read_text() and blocked_on_a_lock(at_lock.read_text()):
+                break
             time.sleep(0.05)
         time.sleep(1.0)
     return decide(candidate, champion, force)
 
 
-registry.decide_promotion = decide_in_the_race
+registry.decide_promotion, registry.promotion_lock = decide_in_the_race, lock_announced
 torch.manual_seed(int(ap * 100))
 model = create_model("lite0", num_classes=3, image_size=128, fpn_channels=32, fpn_repeats=1, head_repeats=1)
 labels = LabelMap((1, 2, 3), ("circle", "square", "triangle"))

@@ -3,6 +3,8 @@ export check that fails loudly when they do not."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -73,31 +75,53 @@ def test_cli_export_has_a_dynamic_batch_matches_pytorch_and_decodes_with_the_fit
     assert not out.exists()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("variant", "size"),
-    [
-        ("d0", 256),  # a D-variant: BiFPN of 3 repeats at 64 channels, EfficientNet-B0 (256 px keeps the check short)
-        ("lite0", 320),  # the official uneven sizes: 320 / 2**7 and 448 / 2**7 are not whole, P6/P7 are ceil-halved
-        ("lite2", 448),
-    ],
-)
-def test_official_variants_export_and_match_pytorch(variant, size, tmp_path):
-    """Each exports with a dynamic batch and its ONNX Runtime outputs match PyTorch's for batches of 1 and 3 (the
-    export's own check, which raises otherwise), decoding over exactly the anchors of the uneven pyramid."""
-    from effdet_core import create_model, generate_anchors
+OFFICIAL = [
+    ("d0", 256),  # a D-variant: BiFPN of 3 repeats at 64 channels, EfficientNet-B0 (256 px keeps the check short)
+    ("lite0", 320),  # the official uneven sizes: 320 / 2**7 and 448 / 2**7 are not whole, P6/P7 are ceil-halved
+    ("lite2", 448),
+]
+
+
+def _export_official(variant: str, size: int, out_dir: str):
+    """In a worker process (one thread): the random-init model of `variant` at `size` exported and checked."""
+    from effdet_core import create_model
     from pipeline.registry.export import export_onnx
 
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     model = create_model(variant, num_classes=3, image_size=size).eval()
     # Random weights put box codes far outside a trained model's range, and exp() in the decoding turns the last
     # float32 bits of a deep backbone (ONNX Runtime's kernels vs PyTorch's, which differ by thread count) into a few
     # hundredths of a pixel (0.034 px measured for Lite2 at 448); a misplaced anchor costs a stride, 8 px or more.
-    report = export_onnx(model, tmp_path / f"{variant}.onnx", tolerances={"boxes": (0.25, 1e-3)})
+    return export_onnx(model, Path(out_dir) / f"{variant}.onnx", tolerances={"boxes": (0.25, 1e-3)})
+
+
+@pytest.fixture(scope="module")
+def official_exports(tmp_path_factory):
+    """The three exports started at once on two worker processes: torch.export's tracing runs on one core, so two
+    of them fill this 2-core machine. (variant, size) -> the future of its ExportReport."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    out_dir = tmp_path_factory.mktemp("official")
+    slowest_first = sorted(OFFICIAL, key=lambda vs: -vs[1])
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield {(v, s): pool.submit(_export_official, v, s, str(out_dir)) for v, s in slowest_first}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("variant", "size"), OFFICIAL)
+def test_official_variants_export_and_match_pytorch(variant, size, official_exports):
+    """Each exports with a dynamic batch and its ONNX Runtime outputs match PyTorch's for batches of 1 and 3 (the
+    export's own check, which raises otherwise), decoding over exactly the anchors of the uneven pyramid."""
+    from effdet_core import generate_anchors
+    from effdet_core.config import get_config
+
+    report = official_exports[(variant, size)].result(timeout=600)
     assert report.batch_sizes_checked == (1, 3) and set(report.max_abs_diff) == {"boxes", "scores"}
     graph = onnx.load(str(report.path))
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
     session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
     boxes, scores = session.run(["boxes", "scores"], {"images": np.zeros((2, 3, size, size), np.float32)})
-    anchors = generate_anchors(model.config, (size, size))
+    anchors = generate_anchors(get_config(variant, image_size=size), (size, size))
     assert boxes.shape == (2, len(anchors), 4) and scores.shape == (2, len(anchors), 3)
