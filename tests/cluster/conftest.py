@@ -88,20 +88,18 @@ def _processes_under(directory: Path) -> list[int]:
 
 
 def _stop_process_group(proc: subprocess.Popen, directory: Path) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):  # `ray start --block` may ignore TERM
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    time.sleep(1)
-    for pid in _processes_under(directory):  # started by this head (its temp dir), so ours to end
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    """SIGKILL at once: on SIGTERM `ray start --block` drains its node for up to 30 s first, and nothing of a test
+    head outlives the test (its temp dir is removed next). Then whatever it started in other sessions (a job's
+    driver), until none is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while (leftovers := _processes_under(directory)) and time.monotonic() < deadline:
+        for pid in leftovers:  # started by this head (its temp dir), so ours to end
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
 
 
 def _wait_for_jobs_api(address: str, token: str, proc: subprocess.Popen, log: Path) -> None:
@@ -237,4 +235,8 @@ def simulated_cluster(head_cpus: int):
         yield cluster
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        # `cluster.shutdown()` with its processes killed at once: a graceful stop waits seconds per node for
+        # nothing a test needs
+        for node in [*cluster.worker_nodes, cluster.head_node]:
+            cluster.remove_node(node, allow_graceful=False)
+        ray.experimental.internal_kv._internal_kv_reset()
