@@ -7,6 +7,7 @@ what will run, on what, where and for how long.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,8 @@ def header_lines(job: ResolvedJob, command: str = "train") -> list[str]:
     global_batch = cfg.data.batch_size * cfg.ray.num_workers * cfg.train.grad_accum_steps
     anchors = describe(model)
     ema = f"EMA {cfg.optim.ema_decay}" if cfg.optim.ema_decay else "no EMA"
-    where = cfg.ray.address or "a local Ray"
+    env_address = os.environ.get("RAY_ADDRESS")
+    where = cfg.ray.address or (f"RAY_ADDRESS={env_address}" if env_address else "a local Ray")
     lines = [
         f"{command}: {model.name} at {model.image_size[0]}x{model.image_size[1]} px, {params:.2f}M parameters, "
         f"backbone {model.backbone} ({cfg.model.pretrained_backbone or 'random init'})",

@@ -239,4 +239,5 @@ def simulated_cluster(head_cpus: int):
         # nothing a test needs
         for node in [*cluster.worker_nodes, cluster.head_node]:
             cluster.remove_node(node, allow_graceful=False)
-        ray.experimental.internal_kv._internal_kv_reset()
+        cluster.shutdown()  # no node left to stop: it deletes /tmp/ray/ray_current_cluster, which a bare ray.init()
+        # anywhere on this machine would otherwise take for a running cluster to connect to

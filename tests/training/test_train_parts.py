@@ -127,3 +127,17 @@ def test_ema_follows_weights_and_round_trips():
     other.load_state_dict(ema.state_dict())
     assert other.updates == 2 and torch.equal(other.module.weight, ema.module.weight)
     assert ModelEma(net, 0.9998, warmup=True).current_decay() == pytest.approx(0.1)  # early updates move fast
+
+
+def test_the_run_header_names_the_ray_it_will_use(tiny_config, monkeypatch):
+    """`ray.address`, else RAY_ADDRESS (where `init_ray` connects), else a Ray started locally."""
+    from pipeline.config import replace
+    from pipeline.job import header_lines, resolve_job
+
+    job = resolve_job(tiny_config)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert " on a local Ray; " in "\n".join(header_lines(job))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:6379")
+    assert " on RAY_ADDRESS=10.0.0.7:6379; " in "\n".join(header_lines(job))
+    named = resolve_job(replace(tiny_config, ray={"address": "ray://head:10001"}))
+    assert " on ray://head:10001; " in "\n".join(header_lines(named))
