@@ -64,7 +64,9 @@ def check_plot():
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 shared by the session (tests/mlflow_server.py): its URI. Tests that use
-    it identify their runs by run id and their registered models by names no other test uses."""
+    it log into an experiment of their own (MLflow keeps datasets per experiment: a dataset of the same name and
+    digest that another test logged there would be reused, with that test's source), and use registered model
+    names no other test uses."""
     from mlflow_server import running_mlflow_server
 
     with running_mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as uri:

@@ -90,7 +90,7 @@ def test_two_worker_ddp_runs_one_worker_per_node(two_nodes, tiny_config, mlflow_
     config = replace(
         tiny_config,
         ray={"placement_strategy": "SPREAD", "shared_storage": True},
-        mlflow={"tracking_uri": mlflow_server},
+        mlflow={"tracking_uri": mlflow_server, "experiment": "two-nodes"},  # an experiment of its own
         train={"epochs": 1},
     )
     outcome = ray_train.train(config)

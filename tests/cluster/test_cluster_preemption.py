@@ -69,7 +69,7 @@ def test_a_drained_spot_node_costs_a_checkpoint_and_a_restart_not_a_failure(
         tiny_config,
         train={"epochs": 20, "eval_every": 20, "fault_marker": str(starts), "fault_epoch": 1000},  # 80 steps
         ray={"num_workers": 1, "cpus_per_worker": 1, "max_failures": 0, "max_preemptions": 1, "shared_storage": True},
-        mlflow={"tracking_uri": mlflow_server},
+        mlflow={"tracking_uri": mlflow_server, "experiment": "spot-preemption"},  # an experiment of its own
     )
     outcome: dict = {}
     driver = threading.Thread(target=lambda: outcome.update(result=ray_train.train(config)), daemon=True)

@@ -42,7 +42,7 @@ def test_two_worker_ddp_run_logs_params_metrics_and_artifacts(
         tiny_config,
         data={"dir": tiny_bucket_dataset, "cache_dir": str(cache), "ray_cpus_per_task": 0.5},
         ray={"cpus_per_worker": 0.5},  # leaves the CPU that `data.engine: ray` needs at the end
-        mlflow={"tracking_uri": mlflow_server},
+        mlflow={"tracking_uri": mlflow_server, "experiment": "ddp-from-a-bucket"},  # an experiment of its own
     )
     outcome = ray_train.train(config)
     assert outcome.run.tracking_uri == mlflow_server
