@@ -7,7 +7,6 @@ what will run, on what, where and for how long.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from pipeline.config import PipelineConfig, replace
 from pipeline.data import storage
 from pipeline.data.anchor_fit import describe
 from pipeline.data.augment_spec import AugmentOptions
+from pipeline.ray_runtime import cluster_address
 from pipeline.training.schedule import Schedule, resolve_schedule, steps_per_epoch
 from pipeline.uri import is_uri
 
@@ -139,8 +139,8 @@ def header_lines(job: ResolvedJob, command: str = "train") -> list[str]:
     global_batch = cfg.data.batch_size * cfg.ray.num_workers * cfg.train.grad_accum_steps
     anchors = describe(model)
     ema = f"EMA {cfg.optim.ema_decay}" if cfg.optim.ema_decay else "no EMA"
-    env_address = os.environ.get("RAY_ADDRESS")
-    where = cfg.ray.address or (f"RAY_ADDRESS={env_address}" if env_address else "a local Ray")
+    address = cluster_address(cfg)  # where init_ray will connect
+    where = cfg.ray.address or (f"RAY_ADDRESS={address}" if address else "a local Ray")
     lines = [
         f"{command}: {model.name} at {model.image_size[0]}x{model.image_size[1]} px, {params:.2f}M parameters, "
         f"backbone {model.backbone} ({cfg.model.pretrained_backbone or 'random init'})",

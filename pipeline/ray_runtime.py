@@ -26,6 +26,11 @@ def keep_sigterm_handler():
             signal.signal(signal.SIGTERM, previous)
 
 
+def cluster_address(config: PipelineConfig) -> str | None:
+    """The Ray a job connects to: `ray.address`, else RAY_ADDRESS; None starts a local one."""
+    return config.ray.address or os.environ.get("RAY_ADDRESS") or None
+
+
 def init_ray(config: PipelineConfig, tracking_uri: str, local_resources: dict[str, float] | None = None) -> bool:
     """Connect to (or start) Ray and check it can place the workers (counting what an autoscaler may add) and that
     storage and tracking are reachable from every node the workers may use; True when this call started it.
@@ -38,7 +43,7 @@ def init_ray(config: PipelineConfig, tracking_uri: str, local_resources: dict[st
 
     started = False
     if not ray.is_initialized():
-        address = config.ray.address or os.environ.get("RAY_ADDRESS")
+        address = cluster_address(config)
         with keep_sigterm_handler():
             if address:
                 ray.init(address=address)

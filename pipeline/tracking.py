@@ -122,11 +122,11 @@ class RunHandle:
         return MlflowClient(self.tracking_uri)
 
     def url(self) -> str:
-        """A browser address for http stores; the run path otherwise."""
-        path = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        """Where to look at the run: a browser address for http stores, else its experiment (printed beside the
+        run id and the store)."""
         if self.tracking_uri.startswith(("http://", "https://")):
-            return f"{self.tracking_uri.rstrip('/')}/{path}"
-        return f"experiment {self.experiment_id}, run {self.run_id}"
+            return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"experiment {self.experiment_id}"
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -235,9 +235,9 @@ def simulated_cluster(head_cpus: int):
         yield cluster
     finally:
         ray.shutdown()
-        # `cluster.shutdown()` with its processes killed at once: a graceful stop waits seconds per node for
-        # nothing a test needs
+        # the nodes killed at once (a graceful stop waits seconds per node for nothing a test needs); then
+        # `shutdown()`, with no node left to stop, deletes /tmp/ray/ray_current_cluster, which a bare ray.init()
+        # anywhere on this machine would otherwise take for a running cluster to connect to
         for node in [*cluster.worker_nodes, cluster.head_node]:
             cluster.remove_node(node, allow_graceful=False)
-        cluster.shutdown()  # no node left to stop: it deletes /tmp/ray/ray_current_cluster, which a bare ray.init()
-        # anywhere on this machine would otherwise take for a running cluster to connect to
+        cluster.shutdown()

@@ -177,7 +177,8 @@ def decide_in_the_race(candidate, champion, force=False):
         give_up = time.monotonic() + 120  # first crashed: its exit code fails the test
         while not (signals / "first-decided").exists() and time.monotonic() < give_up:
             at_lock = signals / "first-at-lock"
-            if at_lock.exists() and at_lock.read_text() and blocked_on_a_lock(at_lock.read_text()):
+            first_pid = at_lock.read_text() if at_lock.exists() else ""
+            if first_pid and blocked_on_a_lock(first_pid):
                 break
             time.sleep(0.05)
         time.sleep(1.0)

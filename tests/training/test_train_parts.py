@@ -131,6 +131,8 @@ def test_ema_follows_weights_and_round_trips():
 
 def test_the_run_header_names_the_ray_it_will_use(tiny_config, monkeypatch):
     """`ray.address`, else RAY_ADDRESS (where `init_ray` connects), else a Ray started locally."""
+    import dataclasses
+
     from pipeline.config import replace
     from pipeline.job import header_lines, resolve_job
 
@@ -139,5 +141,5 @@ def test_the_run_header_names_the_ray_it_will_use(tiny_config, monkeypatch):
     assert " on a local Ray; " in "\n".join(header_lines(job))
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:6379")
     assert " on RAY_ADDRESS=10.0.0.7:6379; " in "\n".join(header_lines(job))
-    named = resolve_job(replace(tiny_config, ray={"address": "ray://head:10001"}))
+    named = dataclasses.replace(job, config=replace(tiny_config, ray={"address": "ray://head:10001"}))
     assert " on ray://head:10001; " in "\n".join(header_lines(named))
