@@ -30,7 +30,7 @@ from pipeline.config import load_config, replace  # noqa: E402
 def run_once(config, root: Path, storage: str, every: int | None, upload: str) -> dict[str, float]:
     from mlflow.tracking import MlflowClient
 
-    from pipeline import ray_train
+    from pipeline.cluster import train as ray_train
 
     name = f"bench-{'every' if every else 'evals'}-{int(time.time() * 1000)}"
     config = replace(

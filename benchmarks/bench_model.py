@@ -120,7 +120,8 @@ class OnnxRunner:
     name = "ours(onnxruntime)"
 
     def __init__(self, model: E.EfficientDet, threads: int, workdir: str):
-        from pipeline.registry.onnx_backend import OnnxPredictor, build_serving_graph
+        from pipeline.registry.onnx_backend import OnnxPredictor
+        from pipeline.registry.serving_graph import build_serving_graph
 
         start = time.perf_counter()
         path = build_serving_graph(model, f"{workdir}/model.onnx")

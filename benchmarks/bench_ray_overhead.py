@@ -63,8 +63,8 @@ def bench_plain(config: PipelineConfig, root: Path) -> tuple[float, float]:
 def bench_ray(config: PipelineConfig, root: Path) -> tuple[float, float]:
     import ray
 
-    from pipeline.job import absolute_paths
-    from pipeline.ray_train import build_torch_trainer
+    from pipeline.cluster.train import build_torch_trainer
+    from pipeline.plan.job import absolute_paths
 
     config = absolute_paths(config)
     times_file = root / "ray_epoch_times.txt"

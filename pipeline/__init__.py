@@ -1,1 +1,6 @@
-"""Everything that runs a job: data, training loop, evaluation, Ray orchestration, MLflow tracking."""
+"""Everything that runs a job: data, training loop, evaluation, Ray orchestration, MLflow tracking and registry.
+
+One sub-package per layer, each importing only the layers below it (docs/ARCHITECTURE.md, "Layers"; the contracts
+are `[tool.importlinter]` in pyproject.toml): cli > tuning > cluster > registry | plan > tracking | training >
+evaluation > data > config > uri.
+"""

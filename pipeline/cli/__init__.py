@@ -3,6 +3,8 @@
 Subcommand modules are imported lazily by name so that `run_pipeline.py data ...` does not pay
 for importing Ray or MLflow. Each module listed in SUBCOMMANDS exposes
 `add_parser(subparsers) -> None`, which registers its parser and sets `func` (args -> exit code).
+The top layer: a subcommand may import any layer below, and shares helpers through `cli/common.py` only, never
+another subcommand (`lint-imports`, contract cli-independent).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from pipeline.cli.dependencies import MissingDependencies, check_dependencies
 
 # name shown in `--help` -> module under pipeline.cli that implements it
 SUBCOMMANDS: dict[str, str] = {
@@ -37,8 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from pipeline.dependencies import MissingDependencies, check_dependencies
-
     try:
         check_dependencies()  # before any subcommand imports torch: one clear line instead of a traceback
     except MissingDependencies as e:

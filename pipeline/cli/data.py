@@ -103,7 +103,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
     from pipeline.data.analyze import analyze, report_lines
     from pipeline.data.layout import DatasetError
-    from pipeline.plots import anchor_plot
+    from pipeline.evaluation.plots import anchor_plot
 
     try:
         config = load_job_config(args, [f"data.dir={args.dataset_dir}"])

@@ -3,7 +3,7 @@
 - image files: each image with its boxes drawn, plus detections.json (COCO results format) and images.json (the
   image ids it refers to), in this process;
 - one folder or bucket prefix: batch prediction with Ray Data over `--num-workers` actors, one results file per
-  shard, merged at the end, resumable (`pipeline.registry.batch_predict`); OUT may be a bucket prefix too.
+  shard, merged at the end, resumable (`pipeline.cluster.batch_predict`); OUT may be a bucket prefix too.
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
 def run_batch(args: argparse.Namespace) -> int:
     import ray
 
+    from pipeline.cluster.batch_predict import BatchJob, run_batch_prediction
+    from pipeline.cluster.runtime import keep_sigterm_handler
     from pipeline.data import storage
-    from pipeline.ray_runtime import keep_sigterm_handler
-    from pipeline.registry.batch_predict import BatchJob, run_batch_prediction
     from pipeline.registry.registry import get_version
 
     uri = tracking_uri(args)

@@ -57,8 +57,8 @@ def _action_parser(action: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.cluster.submission import JobsError
     from pipeline.config import ConfigError
-    from pipeline.jobs import JobsError
 
     rest = list(args.rest)
     try:
@@ -125,11 +125,11 @@ def job_path_notes(config) -> list[str]:
 
 
 def _submit(args: argparse.Namespace, pipeline_args: list[str]) -> int:
-    from pipeline import jobs
+    from pipeline.cluster import submission
 
     _check_command(pipeline_args, args.commands)
     env_vars = dict(_parse_env(item) for item in args.env)
-    submitted = jobs.submit(
+    submitted = submission.submit(
         args.address, pipeline_args, install=not args.no_install, env_vars=env_vars, job_id=args.job_id
     )
     print(f"submitted {submitted.job_id} to {submitted.address}\n  entrypoint: {submitted.entrypoint}", flush=True)
@@ -153,54 +153,55 @@ def _parse_env(item: str) -> tuple[str, str]:
 
 
 def _follow(address: str | None, job_id: str) -> int:
-    from pipeline import jobs
+    from pipeline.cluster import submission
 
     try:
-        followed = jobs.follow(address, job_id)
+        followed = submission.follow(address, job_id)
     except KeyboardInterrupt:
         print(f"\nstopped following; the job goes on (stop it: submit stop {job_id})", file=sys.stderr)
         return 130
     print(f"job {job_id} {followed.status}", flush=True)
-    if followed.status in jobs.ENDED_BADLY:  # the log just streamed above; the reason, or what never reached the log
-        print("\n".join(jobs.failure_report(address, job_id, include_log=not followed.streamed)), flush=True)
+    # the log just streamed above; the reason, or what never reached the log
+    if followed.status in submission.ENDED_BADLY:
+        print("\n".join(submission.failure_report(address, job_id, include_log=not followed.streamed)), flush=True)
     return 0 if followed.status == "SUCCEEDED" else 1
 
 
 def _status(args: argparse.Namespace) -> int:
-    from pipeline import jobs
+    from pipeline.cluster import submission
 
-    info = jobs.status(args.address, args.job_id)
+    info = submission.status(args.address, args.job_id)
     info["message"] = info["message"].partition("\n")[0]  # Ray may append 20,000 characters of log to it
     for key in ("job_id", "status", "message", "entrypoint", "start_time", "end_time"):
         print(f"{key + ':':12} {info[key]}")
-    if info["status"] in jobs.ENDED_BADLY:
-        print("\n".join(jobs.failure_report(args.address, args.job_id)))
+    if info["status"] in submission.ENDED_BADLY:
+        print("\n".join(submission.failure_report(args.address, args.job_id)))
     return 0
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from pipeline import jobs
+    from pipeline.cluster import submission
 
     if args.follow:
         return _follow(args.address, args.job_id)
-    print(jobs.logs(args.address, args.job_id), end="", flush=True)
+    print(submission.logs(args.address, args.job_id), end="", flush=True)
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from pipeline import jobs
+    from pipeline.cluster import submission
 
-    if jobs.stop(args.address, args.job_id):
+    if submission.stop(args.address, args.job_id):
         print(f"stop requested for {args.job_id} (see `submit status {args.job_id}`)")
     else:
-        print(f"{args.job_id} had already ended: {jobs.status(args.address, args.job_id)['status']}")
+        print(f"{args.job_id} had already ended: {submission.status(args.address, args.job_id)['status']}")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    from pipeline import jobs
+    from pipeline.cluster import submission
 
-    rows = jobs.list_jobs(args.address)
+    rows = submission.list_jobs(args.address)
     if not rows:
         print("no jobs on this cluster")
     for row in rows:

@@ -30,10 +30,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.cluster.train import TrainingJobError, TrainingStopped, run_name, train
     from pipeline.config import ConfigError, to_yaml
     from pipeline.data import DatasetError
-    from pipeline.job import header_lines, resolve_job
-    from pipeline.ray_train import TrainingJobError, TrainingStopped, run_name, train
+    from pipeline.plan.header import header_lines
+    from pipeline.plan.job import resolve_job
     from pipeline.tracking import TrackingError
     from pipeline.training.checkpoint import CheckpointError
 

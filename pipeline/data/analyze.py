@@ -16,6 +16,7 @@ import numpy as np
 
 from effdet_core import EfficientDetConfig
 from pipeline.config import AUTO, PipelineConfig, replace
+from pipeline.config.augment import AugmentOptions
 from pipeline.data.anchor_fit import (
     AnchorStats,
     anchor_stats,
@@ -26,7 +27,6 @@ from pipeline.data.anchor_fit import (
     jitter_scales,
     records_input_boxes,
 )
-from pipeline.data.augment_spec import AugmentOptions
 from pipeline.data.coco_index import load_split
 
 UNCOVERED_WARNING = 0.10  # the training header warns above this share of boxes without an anchor at IoU >= 0.5

@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 from torch.utils.data import DataLoader
 
+from pipeline.config.augment import parse_augment
 from pipeline.data import storage
-from pipeline.data.augment_spec import parse_augment
 from pipeline.data.coco_index import ImageRecord
 from pipeline.data.dataset import DetectionDataset, collate_fn
 from pipeline.data.layout import LabelMap

@@ -1,6 +1,6 @@
 """Albumentations pipelines for training and evaluation, with boxes kept valid throughout.
 
-Training (`AugmentOptions`, from a preset or a list of steps: `pipeline.data.augment_spec`): fit the image into
+Training (`AugmentOptions`, from a preset or a list of steps: `pipeline.config.augment`): fit the image into
 the model input, scale jitter, pad + random crop back to the input, flips, 90-degree rotations, colour jitter.
 Evaluation: resize the longest side to fit, pad bottom/right, so that ``boxes / scale`` maps model-input boxes
 back to original pixels exactly.
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from effdet_core.config import IMAGENET_MEAN, IMAGENET_STD  # the one definition: the model config's default
-from pipeline.data.augment_spec import AugmentOptions, parse_augment
+from pipeline.config.augment import AugmentOptions, parse_augment
 
 
 class DetectionTransform:

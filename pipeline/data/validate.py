@@ -15,7 +15,6 @@ import json
 import math
 import os
 import random
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from typing import Any
 
 from PIL import Image
 
+from pipeline.config.checks import parse_image_check
 from pipeline.data import storage
 from pipeline.data.decode import image_size
 from pipeline.data.layout import SPLITS, DatasetError, annotation_path, image_file, images_dir
@@ -107,18 +107,6 @@ class ValidationReport:
         if self.fatal:
             lines = "\n".join(f"  {p}" for p in self.fatal)
             raise DatasetError(f"dataset {self.dataset_dir} is unsafe to train on:\n{lines}")
-
-
-def parse_image_check(check: bool | str) -> int | None:
-    """`all` (or True) -> None: every image; `sample:N` -> N per split; `none` (or False) -> 0."""
-    if check is True or check == "all":
-        return None
-    if check is False or check == "none":
-        return 0
-    match = re.fullmatch(r"sample:(\d+)", str(check))
-    if not match:
-        raise ValueError(f"image check {check!r} not supported; choose all, none or sample:N (e.g. sample:500)")
-    return int(match.group(1))
 
 
 def validate_dataset(

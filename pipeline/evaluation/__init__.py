@@ -1,4 +1,9 @@
-"""COCO evaluation (pycocotools) of detections in original image coordinates, and PR-curve plots."""
+"""COCO evaluation (pycocotools) of detections in original image coordinates, PR curves and the run's plots.
+
+Owns: `coco_eval` (scoring, DDP shard merging), `pr_curve`, `plots` (loss/AP curves, detection grids, the anchor
+plot; matplotlib). May import: `pipeline.data` (the label map), `pipeline.config`; the training loop, the
+registry and the CLI build on it.
+"""
 
 from pipeline.evaluation.coco_eval import (
     STAT_INDEX,

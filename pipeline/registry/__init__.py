@@ -3,6 +3,13 @@
 Names resolve lazily (PEP 562), so `registry list` imports MLflow but not torch; `from pipeline.registry
 import register_from_checkpoint` works as usual. Training calls `register_from_checkpoint` for
 `train --register NAME`.
+
+Owns: `errors`, `onnx_backend` (ONNX Runtime sessions and predictor), `package` (the artifact format),
+`predict` (`Detector`: either backend, then `effdet_core.postprocess`), `export` and `serving_graph` (the ONNX graph
+a registration stores, kept only when it matches PyTorch), `pyfunc_model` / `pyfunc_entry` (the MLflow flavour),
+`metadata`, `registry` (versions, aliases, the champion rule), `from_checkpoint`, `evaluate`. May import:
+`pipeline.tracking`, `pipeline.training` (checkpoints, evaluation), `pipeline.evaluation`, `pipeline.data`,
+`pipeline.config`, `effdet_core`, MLflow; never Ray (batch prediction over Ray Data is `pipeline.cluster`).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from torch import nn
 from effdet_core import EfficientDet, EfficientDetConfig, PostprocessConfig, create_model
 from pipeline.data import LabelMap
 from pipeline.registry.errors import ArtifactError
+from pipeline.registry.onnx_backend import ONNX_FILE
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
@@ -83,8 +84,6 @@ def write_package(
     (out / LABEL_MAP_FILE).write_text(json.dumps(label_map.to_dict(), indent=2), encoding="utf-8")
     artifacts = {key: str(out / name) for key, name in ARTIFACT_FILES.items()}
     if onnx_graph is not None:
-        from pipeline.registry.onnx_backend import ONNX_FILE
-
         if Path(onnx_graph).resolve() != (out / ONNX_FILE).resolve():
             shutil.copyfile(onnx_graph, out / ONNX_FILE)
         artifacts[ONNX_ARTIFACT] = str(out / ONNX_FILE)
@@ -199,8 +198,6 @@ def load_package(
 def load_package_dir(directory: str | os.PathLike) -> ModelPackage:
     """`load_package` of a directory holding the three files, and the serving graph when there is one (e.g. a
     downloaded `artifacts/` folder)."""
-    from pipeline.registry.onnx_backend import ONNX_FILE
-
     d = Path(directory)
     onnx = d / ONNX_FILE if (d / ONNX_FILE).is_file() else None
     return load_package(d / WEIGHTS_FILE, d / CONFIG_FILE, d / LABEL_MAP_FILE, onnx)

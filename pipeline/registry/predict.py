@@ -23,6 +23,7 @@ from effdet_core import EfficientDetForPrediction, PostprocessConfig
 from pipeline.data import DetectionTransform, LabelMap, to_original_coordinates
 from pipeline.evaluation.coco_eval import coco_result
 from pipeline.registry.errors import ArtifactError, ImageInputError
+from pipeline.registry.onnx_backend import BACKENDS, OnnxPredictor, has_cuda_provider, onnxruntime_available
 from pipeline.registry.package import ModelPackage
 
 # An image: a file path, encoded file bytes (PNG, JPEG, ...), or a uint8 array [h, w, 3] RGB ([h, w] grey)
@@ -63,8 +64,6 @@ def decode_image(image: ImageInput, index: int = 0) -> np.ndarray:
 def default_backend(package: ModelPackage, use_gpu: bool = False) -> str:
     """ONNX Runtime where the version carries a serving graph and it can run where asked (installed; on a GPU
     only with onnxruntime-gpu's CUDA provider), PyTorch otherwise."""
-    from pipeline.registry.onnx_backend import has_cuda_provider, onnxruntime_available
-
     if package.onnx_path is None or not onnxruntime_available() or (use_gpu and not has_cuda_provider()):
         return "torch"
     return "onnxruntime"
@@ -83,8 +82,6 @@ class Detector:
     use_gpu: bool = False
 
     def __post_init__(self) -> None:
-        from pipeline.registry.onnx_backend import BACKENDS, OnnxPredictor
-
         config = self.package.config
         self.transform = DetectionTransform(config.image_size, mean=config.mean, std=config.std, train=False)
         self.backend = self.backend or default_backend(self.package, self.use_gpu)

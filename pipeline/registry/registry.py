@@ -276,8 +276,8 @@ def register_model(
 
 def _serving_graph(model, label_map, postprocess, out_dir: str, parity_data) -> tuple[Path | None, dict[str, str]]:
     from effdet_core import PostprocessConfig
-    from pipeline.registry.onnx_backend import parity_images, prepare_serving_graph
     from pipeline.registry.package import ModelPackage
+    from pipeline.registry.serving_graph import parity_images, prepare_serving_graph
 
     # a copy: export moves the network to the CPU and PyTorch prediction makes it channels_last
     package = ModelPackage(copy.deepcopy(model).eval(), label_map, postprocess or PostprocessConfig())

@@ -11,33 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
-if TYPE_CHECKING:
-    from pipeline.training.loop import Trainer
-
-
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def all_reduce_sum(values: torch.Tensor) -> None:
-    if rank_and_world()[1] > 1:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)  # gloo reduces CPU tensors; float64 avoids drift
-
-
-def all_reduce_max(value: float) -> float:
-    if rank_and_world()[1] == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t[0])
-
+from pipeline.training.distributed import rank_and_world
+from pipeline.training.trainer import Trainer
 
 # what rank 0 may ask of every rank after a step, broadcast as one code
 MINUTES_DUE, STOP_REQUESTED, PREEMPTION_NOTICE = 1, 2, 4

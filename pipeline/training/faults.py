@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.training.cadence import rank_and_world
+from pipeline.training.distributed import rank_and_world
 
 __all__ = ["InjectedFault", "maybe_inject_fault"]
 

@@ -2,7 +2,7 @@
 
 The run is a number of optimizer steps (`pipeline.training.schedule`), cut into evaluation periods; after each
 period the loop evaluates and calls `on_period_end`. Nothing here imports Ray or MLflow. The Ray adapter
-(`pipeline.ray_train`) wraps the model and the loaders and passes an `on_period_end` that reports and
+(`pipeline.cluster.train`) wraps the model and the loaders and passes an `on_period_end` that reports and
 checkpoints; `fit` runs the same loop in a single process with local checkpoints (the fastest way to test and
 debug it).
 """
@@ -12,29 +12,23 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from pipeline.config import PipelineConfig, to_dict
-from pipeline.training.cadence import (
-    Interrupts,
-    after_step,
-    all_reduce_max,
-    all_reduce_sum,
-    progress_snapshot,
-    rank_and_world,
-)
+from pipeline.training.cadence import Interrupts, after_step, progress_snapshot
 from pipeline.training.checkpoint import BestEval, TrainState, load_checkpoint, save_checkpoint
-from pipeline.training.device import DeviceSettings, apply_backend_flags, device_settings, worker_cpus
-from pipeline.training.ema import ModelEma
+from pipeline.training.device import apply_backend_flags, device_settings, worker_cpus
+from pipeline.training.distributed import all_reduce_max, all_reduce_sum, rank_and_world
 from pipeline.training.evaluate import evaluate
 from pipeline.training.faults import maybe_inject_fault
-from pipeline.training.optim import build_optimizer, build_scheduler, clip_gradients, scaled_lr
-from pipeline.training.schedule import Schedule, optimizer_steps
+from pipeline.training.inputs import build_loaders, ensure_dataset, schedule_for
+from pipeline.training.optim import clip_gradients
+from pipeline.training.progress import format_step_progress
+from pipeline.training.schedule import optimizer_steps
 from pipeline.training.stream import BatchStream, Position
+from pipeline.training.trainer import Trainer, build_trainer
 
 BEST_METRIC = "val_AP"
 
@@ -45,102 +39,6 @@ class StopRequested(Exception):
     def __init__(self, step: int) -> None:
         super().__init__(f"stopped on request after step {step}, its checkpoint saved")
         self.step = step
-
-
-@dataclass
-class Trainer:
-    """The moving parts of one training process (one DDP rank)."""
-
-    config: PipelineConfig
-    model: nn.Module  # the bare EfficientDet: what EMA tracks and checkpoints hold
-    train_module: nn.Module  # EfficientDetForTraining(model), possibly DDP-wrapped
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    ema: ModelEma | None
-    settings: DeviceSettings
-    label_map: dict[str, list]
-    schedule: Schedule
-    best: BestEval | None
-    position: Position
-    last_progress: float = 0.0  # perf_counter() of the last progress callback (rank 0)
-    last_checkpoint: float = 0.0  # perf_counter() of the last checkpoint (rank 0's decides for all)
-    stop_after_period: bool = False  # a stop was requested on a period's last step: its end checkpoints first
-
-    def eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
-
-    @property
-    def device(self) -> torch.device:
-        return self.settings.device
-
-
-def build_model(config: PipelineConfig, num_classes: int, pretrained: bool = True) -> nn.Module:
-    """The bare EfficientDet of `config.model` (pretrained backbone unless `pretrained=False`, e.g. on resume)."""
-    return config.model.build(num_classes, pretrained=pretrained)
-
-
-def build_trainer(
-    config: PipelineConfig,
-    label_map: dict[str, list],
-    schedule: Schedule,
-    settings: DeviceSettings | torch.device,
-    wrap: Callable[[nn.Module], nn.Module] | None = None,
-    resume: TrainState | None = None,
-) -> Trainer:
-    """Model, optimizer, schedule, scaler and EMA on `settings.device` (a bare device: the config's settings for it,
-    one process); `wrap` (e.g. DDP) is applied to the training module only."""
-    from effdet_core import EfficientDetForTraining
-
-    _, world = rank_and_world()
-    if isinstance(settings, torch.device):
-        settings = device_settings(config, settings, world, worker_cpus(config, in_ray=False))
-    device = settings.device
-    model = build_model(config, len(label_map["category_ids"]), pretrained=resume is None)
-    if settings.sync_bn:  # BN statistics over the global batch
-        from timm.layers import convert_sync_batchnorm
-
-        # timm's, not torch's: torch's turns the backbone's BatchNormAct2d into a plain SyncBatchNorm and silently
-        # drops its activation (the SyncBN test catches it)
-        model = convert_sync_batchnorm(model)
-    model.to(device)
-    if settings.channels_last:
-        model.to(memory_format=torch.channels_last)  # the EMA copy below inherits it
-    if resume is not None:
-        model.load_state_dict(resume.model)
-    ema = ModelEma(model, config.optim.ema_decay, config.optim.ema_warmup) if config.optim.ema_decay else None
-    train_module: nn.Module = EfficientDetForTraining(model)
-    if settings.compile_mode:
-        train_module = torch.compile(train_module, mode=settings.compile_mode)
-    if wrap is not None:
-        train_module = wrap(train_module)
-    global_batch = config.data.batch_size * world * config.train.grad_accum_steps
-    lr = scaled_lr(config.optim, global_batch)
-    optimizer = build_optimizer(model, config.optim, lr, fused=settings.fused_optimizer)
-    scheduler = build_scheduler(optimizer, config.optim, schedule)
-    scaler = torch.amp.GradScaler(device.type, enabled=settings.grad_scaler)
-    trainer = Trainer(
-        config, model, train_module, optimizer, scheduler, scaler, ema, settings, label_map, schedule, None, Position()
-    )
-    if resume is not None:
-        _restore(trainer, resume)
-    return trainer
-
-
-def _restore(trainer: Trainer, state: TrainState) -> None:
-    if trainer.ema is not None and state.ema is not None:
-        trainer.ema.load_state_dict(state.ema)
-    if state.optimizer is not None:
-        trainer.optimizer.load_state_dict(state.optimizer)
-    if state.scheduler is not None:
-        trainer.scheduler.load_state_dict(state.scheduler)
-    if state.scaler:
-        trainer.scaler.load_state_dict(state.scaler)
-    trainer.best = state.best
-    if state.position:
-        trainer.position = Position(**state.position)
-    else:  # a checkpoint of the epoch-only format: it was taken at the end of epoch `state.epoch`
-        trainer.position = Position(step=state.epoch * trainer.schedule.steps_per_epoch, epoch=state.epoch)
 
 
 def _to_device(
@@ -352,8 +250,6 @@ def fit(
 
     With `resume`, training continues from the position saved there.
     """
-    from pipeline.training.inputs import build_loaders, ensure_dataset, schedule_for
-
     torch.manual_seed(config.train.seed)  # the same initial weights as every Ray worker of the same config gets
     ensure_dataset(config.data)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -379,7 +275,5 @@ def fit(
 
 
 def print_progress(trainer: Trainer, snapshot: dict[str, float]) -> None:
-    """The in-period progress line (`pipeline.training.report.format_step_progress`)."""
-    from pipeline.training.report import format_step_progress
-
+    """The in-period progress line (`pipeline.training.progress.format_step_progress`)."""
     print(format_step_progress(snapshot, trainer.schedule), flush=True)

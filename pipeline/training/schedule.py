@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from pipeline.config import ConfigError, OptimConfig, TrainConfig
-from pipeline.config_sections import parse_eval_every
+from pipeline.config.checks import parse_eval_every
 
 AUTO_EPOCHS = 8  # fine-tuning from an ImageNet backbone: 8 passes (the demo reaches val AP 0.5 in 8, README)
 MIN_STEPS = 300  # fewer optimizer steps than this learn little, however small the dataset

@@ -26,7 +26,7 @@ def fit_search(ctx: SearchContext, options, config: PipelineConfig, experiment_p
     """Run (or resume) the search on Ray and return one row per trial."""
     import ray
 
-    from pipeline.ray_runtime import init_ray
+    from pipeline.cluster.runtime import init_ray
 
     # the same checks as train (workers fit, storage and tracking every node reaches); a Ray started here gets
     # one trial-driver slot per CPU
@@ -43,7 +43,7 @@ def fit_search(ctx: SearchContext, options, config: PipelineConfig, experiment_p
 
 def _concurrency(config: PipelineConfig, options) -> int:
     """Trials at once: what the cluster's CPUs/GPUs and driver slots fit, capped by --max-concurrent-trials."""
-    from pipeline.cluster_storage import reachable_resources
+    from pipeline.cluster.storage import reachable_resources
 
     have = reachable_resources()  # an autoscaling cluster counts what it may grow to
     drivers = int(have.get(DRIVER_RESOURCE, 0))
@@ -52,7 +52,7 @@ def _concurrency(config: PipelineConfig, options) -> int:
             f"the Ray cluster has no {DRIVER_RESOURCE!r} resource for the trials' drivers: start its head node with "
             f"--resources='{{\"{DRIVER_RESOURCE}\": 4}}' (the definitions in cluster/ do)"
         )
-    from pipeline.ray_runtime import run_cpus
+    from pipeline.cluster.runtime import run_cpus
 
     workers = config.ray.num_workers
     fits = [drivers, int(have.get("CPU", 0) // run_cpus(config))]  # each trial's workers (and Ray Data task)

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline import tracking
 from pipeline.config import ConfigError, PipelineConfig, replace, to_dict
-from pipeline.job import ResolvedJob
+from pipeline.plan.job import ResolvedJob
 from pipeline.tuning.leaderboard import TrialRow, mark_fronts, ranked, write_files
 from pipeline.tuning.runner import TrialOutcome, fit_search
 from pipeline.tuning.space import SearchSpace, load_space
@@ -90,7 +90,8 @@ class SearchOutcome:
 
 def run_search(base: PipelineConfig, options: SearchOptions) -> SearchOutcome:
     """Validate everything, then search; returns the leaderboard (and the registration of the best model)."""
-    from pipeline.job import absolute_paths, header_lines, resolve_job
+    from pipeline.plan.header import header_lines
+    from pipeline.plan.job import absolute_paths, resolve_job
 
     start = time.perf_counter()
     options.check()

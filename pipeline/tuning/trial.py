@@ -68,7 +68,7 @@ def run_trial(params: dict[str, Any], ctx: SearchContext) -> None:
     from ray.train import TrainingFailedError
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.ray_train import build_torch_trainer
+    from pipeline.cluster.train import build_torch_trainer
 
     trial_id = tune.get_context().get_trial_id()
     config = ctx.trial_config(params, trial_id)

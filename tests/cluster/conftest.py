@@ -1,5 +1,5 @@
 """Fixtures of the cluster tests: a real `ray start --head` on 127.0.0.1 with token authentication, a simulated
-two-node cluster (`ray.cluster_utils.Cluster`), and the tiny training config of tests/training.
+two-node cluster (`ray.cluster_utils.Cluster`), and the tiny training run of tests/tiny_run.py.
 
 Every Ray process started here is stopped by its process group or its PID, never with `ray stop` (which would end
 every Ray on the machine).
@@ -8,7 +8,6 @@ every Ray on the machine).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import secrets
 import shutil
@@ -23,43 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from pipeline.config import PipelineConfig, load_config
+from ports import free_port  # noqa: F401 (used by the tests here)
+from tiny_run import (  # noqa: F401 (fixtures)
+    local_ray,
+    one_torch_thread,
+    tiny_bucket_dataset,
+    tiny_config,
+    tiny_dataset,
+    tiny_overrides,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-
-
-def _load_train_fixtures():
-    """tests/training/conftest.py's tiny-run settings and fixtures, reused rather than copied."""
-    spec = importlib.util.spec_from_file_location("train_fixtures", ROOT / "tests" / "training" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_train = _load_train_fixtures()
-TINY_OVERRIDES = _train.TINY_OVERRIDES
-free_port = _train.free_port
-one_torch_thread = _train.one_torch_thread
-tiny_dataset = _train.tiny_dataset
-
-
-def tiny_overrides(tiny_dataset: Path, out: Path, tracking_uri: str) -> list[str]:
-    """A tiny 2-worker run whose every output lives under `out`."""
-    return [
-        *TINY_OVERRIDES,
-        f"data.dir={tiny_dataset}",
-        f"ray.storage_path={out / 'ray_results'}",
-        f"train.output_dir={out / 'outputs'}",
-        f"mlflow.tracking_uri={tracking_uri}",
-        "mlflow.experiment=tests",
-    ]
-
-
-@pytest.fixture
-def tiny_config(tiny_dataset, tmp_path) -> PipelineConfig:
-    return load_config(None, tiny_overrides(tiny_dataset, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}"))
 
 
 @dataclass

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
-from pipeline import jobs
+from pipeline.cluster import submission
 
 from .conftest import ROOT
 
@@ -137,18 +137,18 @@ def test_a_planted_mistake_in_a_kuberay_manifest_is_caught(name, mistake, expect
 def test_requirements_are_pinned_to_this_environment_without_ray():
     import importlib.metadata
 
-    pinned = jobs.pinned_requirements()
+    pinned = submission.pinned_requirements()
     assert f"torch=={importlib.metadata.version('torch')}" in pinned
     assert f"mlflow=={importlib.metadata.version('mlflow')}" in pinned
     assert not [r for r in pinned if r.startswith("ray")]  # the cluster's own Ray runs the job
-    assert jobs.runtime_env(install=True)["uv"]["packages"] == pinned
-    assert "uv" not in jobs.runtime_env(install=False)  # --no-install: the image has the environment
+    assert submission.runtime_env(install=True)["uv"]["packages"] == pinned
+    assert "uv" not in submission.runtime_env(install=False)  # --no-install: the image has the environment
 
 
 def test_working_dir_package_holds_the_code_but_no_venv_data_or_stores(tmp_path):
     from ray._private.runtime_env.packaging import create_package
 
-    env = jobs.runtime_env(install=False)
+    env = submission.runtime_env(install=False)
     package = tmp_path / "wd.zip"
     create_package(env["working_dir"], package, include_gitignore=True, excludes=env["excludes"])
     names = set(zipfile.ZipFile(package).namelist())
@@ -162,16 +162,16 @@ def test_working_dir_package_holds_the_code_but_no_venv_data_or_stores(tmp_path)
 def test_address_comes_from_the_flag_or_rays_environment(monkeypatch):
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:8265")
-    assert jobs.resolve_address(None) == "http://10.0.0.5:8265"
+    assert submission.resolve_address(None) == "http://10.0.0.5:8265"
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "https://ray.example.com/")
-    assert jobs.resolve_address(None) == "https://ray.example.com"
-    assert jobs.resolve_address("http://h:8265") == "http://h:8265"
-    with pytest.raises(jobs.JobsError, match="not a Jobs API address"):
-        jobs.resolve_address("ray://h:10001")
+    assert submission.resolve_address(None) == "https://ray.example.com"
+    assert submission.resolve_address("http://h:8265") == "http://h:8265"
+    with pytest.raises(submission.JobsError, match="not a Jobs API address"):
+        submission.resolve_address("ray://h:10001")
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS")
     monkeypatch.delenv("RAY_ADDRESS")
-    with pytest.raises(jobs.JobsError, match="no cluster address"):
-        jobs.resolve_address(None)
+    with pytest.raises(submission.JobsError, match="no cluster address"):
+        submission.resolve_address(None)
 
 
 @pytest.mark.parametrize(

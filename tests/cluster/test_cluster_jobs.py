@@ -13,8 +13,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import jobs
 from pipeline.cli import main
+from pipeline.cluster import submission
 from pipeline.config import load_config, save_config
 
 from .conftest import ROOT, free_port, tiny_overrides
@@ -39,7 +39,7 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 
 def wait_for_log_line(address: str, job_id: str, needle: str, timeout_s: float = 600) -> None:
     """Until the job's log holds `needle`, read from Ray's log stream as it is written (an event, not a poll)."""
-    client = jobs.connect(address)
+    client = submission.connect(address)
 
     async def tail() -> None:
         seen = ""
@@ -54,14 +54,14 @@ def wait_for_log_line(address: str, job_id: str, needle: str, timeout_s: float =
 
 def status_once_ended(address: str, job_id: str, timeout_s: float = 300) -> str:
     """The job's status once its log stream closes, which Ray does when the job ends."""
-    client = jobs.connect(address)
+    client = submission.connect(address)
 
     async def drain() -> None:
         async for _ in client.tail_job_logs(job_id):
             pass
 
     asyncio.run(asyncio.wait_for(drain(), timeout_s))
-    return jobs.status(address, job_id)["status"]
+    return submission.status(address, job_id)["status"]
 
 
 @pytest.fixture
@@ -139,33 +139,33 @@ def test_a_job_whose_python_lacks_the_dependencies_fails_saying_which(ray_head, 
 
 
 def test_token_errors_say_what_to_do(ray_head, client_env, monkeypatch, tmp_path, capsys):
-    assert jobs.list_jobs(ray_head.address) is not None  # the right token from RAY_AUTH_TOKEN
+    assert submission.list_jobs(ray_head.address) is not None  # the right token from RAY_AUTH_TOKEN
 
     monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
-    with pytest.raises(jobs.JobsError, match=r"rejected the token from RAY_AUTH_TOKEN \(HTTP 403\)"):
-        jobs.connect(ray_head.address)
+    with pytest.raises(submission.JobsError, match=r"rejected the token from RAY_AUTH_TOKEN \(HTTP 403\)"):
+        submission.connect(ray_head.address)
 
     monkeypatch.delenv("RAY_AUTH_TOKEN")  # and HOME has no ~/.ray/auth_token
-    with pytest.raises(jobs.JobsError, match="requires a token .* none was found: set RAY_AUTH_TOKEN"):
-        jobs.connect(ray_head.address)
+    with pytest.raises(submission.JobsError, match="requires a token .* none was found: set RAY_AUTH_TOKEN"):
+        submission.connect(ray_head.address)
     code, _, err = cli(capsys, "submit", "list", "--address", ray_head.address)
     assert code == 1 and err.startswith("error: the cluster at") and "requires a token" in err
 
     token_file = tmp_path / "token"
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token_file))
-    with pytest.raises(jobs.JobsError, match="RAY_AUTH_TOKEN_PATH=.*cannot read the token file"):
-        jobs.connect(ray_head.address)
+    with pytest.raises(submission.JobsError, match="RAY_AUTH_TOKEN_PATH=.*cannot read the token file"):
+        submission.connect(ray_head.address)
     token_file.write_text(ray_head.token + "\n")
-    assert jobs.list_jobs(ray_head.address) is not None
+    assert submission.list_jobs(ray_head.address) is not None
 
     home_token = tmp_path / "home" / ".ray" / "auth_token"  # Ray's default place, as `ray get-auth-token` writes it
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
     home_token.parent.mkdir(parents=True)
     home_token.write_text(ray_head.token)
-    assert jobs.list_jobs(ray_head.address) is not None
+    assert submission.list_jobs(ray_head.address) is not None
 
-    with pytest.raises(jobs.JobsError, match="no job 'no-such-job' on this cluster"):
-        jobs.status(ray_head.address, "no-such-job")
+    with pytest.raises(submission.JobsError, match="no job 'no-such-job' on this cluster"):
+        submission.status(ray_head.address, "no-such-job")
 
 
 def test_unreachable_address_is_a_clear_error(client_env, capsys):

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import cluster_storage, ray_train
+from pipeline.cluster import storage as cluster_storage
+from pipeline.cluster import train as ray_train
 from pipeline.config import ConfigError, replace
 
 from .conftest import simulated_cluster

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import ray_train
+from pipeline.cluster import train as ray_train
 from pipeline.config import replace
 
 from .conftest import simulated_cluster

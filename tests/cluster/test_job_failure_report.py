@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline import jobs
 from pipeline.cli import main
+from pipeline.cluster import submission
 
 SETUP_FAILED = "\n".join(
     [
@@ -40,29 +40,29 @@ class RecordedClient:
 @pytest.fixture
 def recorded(monkeypatch):
     def use(status: str, message: str, log: str = "") -> None:
-        monkeypatch.setattr(jobs, "connect", lambda address: RecordedClient(status, message, log))
+        monkeypatch.setattr(submission, "connect", lambda address: RecordedClient(status, message, log))
 
     return use
 
 
 def test_a_runtime_env_failure_shows_the_installers_error_from_rays_message(recorded):
     recorded("FAILED", SETUP_FAILED)
-    lines = jobs.failure_report("http://127.0.0.1:1", "job-1")
+    lines = submission.failure_report("http://127.0.0.1:1", "job-1")
     assert lines[0] == "reason: runtime_env setup failed: Failed to set up runtime environment."
     assert lines[-1].strip().endswith("torch==9.9.9 was not found")
-    assert len(lines) == 1 + jobs.FAILURE_TAIL_LINES  # the end of the message, not all of it
+    assert len(lines) == 1 + submission.FAILURE_TAIL_LINES  # the end of the message, not all of it
 
 
 def test_an_entrypoint_failure_shows_the_last_log_lines_once(recorded):
     log = "".join(f"line {n}\n" for n in range(100)) + "error: python cannot import (missing: torch)\n"
     recorded("FAILED", "Job entrypoint command failed with exit code 2, last available logs:\n" + log, log)
-    lines = jobs.failure_report("http://127.0.0.1:1", "job-2")
+    lines = submission.failure_report("http://127.0.0.1:1", "job-2")
     assert lines[0] == "reason: Job entrypoint command failed with exit code 2, last available logs:"
     assert lines[1] == "last 30 lines of the job's log:"
     assert lines[-1] == "  error: python cannot import (missing: torch)"
     assert len(lines) == 2 + 30
     # after --follow streamed the log, only the reason is added
-    assert jobs.failure_report("http://127.0.0.1:1", "job-2", include_log=False) == [lines[0]]
+    assert submission.failure_report("http://127.0.0.1:1", "job-2", include_log=False) == [lines[0]]
 
 
 def test_submit_status_prints_the_first_line_of_rays_message_and_the_report(recorded, capsys):

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import ConfigError, load_config
+from pipeline.config.augment import PRESETS, parse_augment
 from pipeline.data import AugmentOptions, DetectionTransform
-from pipeline.data.augment_spec import PRESETS, parse_augment
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 EDGE = st.sampled_from([-5.0, -0.0, 0.0, 0.5, 1.0, 0.999, 1.0001, 1.5])  # fractions of the side, incl. outside

@@ -17,7 +17,7 @@ from pipeline.cli import data as data_cli
 from pipeline.config import load_config
 from pipeline.data import DatasetError, DetectionDataset, DetectionTransform, dataset_fingerprint, storage
 from pipeline.data import validate as v
-from pipeline.job import resolve_job
+from pipeline.plan.job import resolve_job
 
 BUCKET = "pipeline-data"
 

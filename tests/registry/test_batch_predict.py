@@ -87,8 +87,8 @@ def test_two_workers_predict_every_image_once_and_a_rerun_redoes_only_a_deleted_
 
 
 def test_an_output_folder_of_another_job_is_refused_before_any_prediction(registry, image_folder, tmp_path):
+    from pipeline.cluster.batch_predict import BatchJob, check_manifest, list_images
     from pipeline.data import DatasetError
-    from pipeline.registry.batch_predict import BatchJob, check_manifest, list_images
 
     names = list_images(str(image_folder))
     job = BatchJob(registry.uri, f"{registry.name}/3", str(image_folder), str(tmp_path / "o"), shard_size=16)

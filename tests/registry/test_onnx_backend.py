@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.registry import ArtifactError, load_detector
-from pipeline.registry.onnx_backend import count_ops
+from pipeline.registry.serving_graph import count_ops
 
 
 def _images(registry, count: int = 4) -> list[np.ndarray]:
@@ -59,12 +59,12 @@ def test_a_version_without_a_graph_serves_with_pytorch_and_refuses_onnxruntime_b
 def test_a_failed_export_registers_the_version_without_a_graph_and_says_why(
     make_model, label_map, tmp_path, monkeypatch
 ):
-    from pipeline.registry import ExportError, onnx_backend, register_model
+    from pipeline.registry import ExportError, register_model, serving_graph
 
     def broken(model, out_path, opset=18):
         raise ExportError("the exporter met an unsupported operator")
 
-    monkeypatch.setattr(onnx_backend, "build_serving_graph", broken)
+    monkeypatch.setattr(serving_graph, "build_serving_graph", broken)
     metrics = {"val_AP": 0.01, "val_AP50": 0.02}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # its own store: the session's registry lists its models exactly
     registration = register_model(make_model(4), label_map, "no-graph", uri, metrics, "fp", measure_latency=False)

@@ -13,9 +13,10 @@ import torch.distributed as dist
 from pipeline.config import replace
 from pipeline.training.device import DeviceSettings, device_settings
 from pipeline.training.inputs import build_loaders
-from pipeline.training.loop import _optimizer_step, build_trainer, train_steps
+from pipeline.training.loop import _optimizer_step, train_steps
 from pipeline.training.schedule import resolve_schedule
 from pipeline.training.stream import BatchStream
+from pipeline.training.trainer import build_trainer
 
 LABEL_MAP = {"category_ids": [1, 2, 3], "names": ["circle", "square", "triangle"]}
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object needs no device: the rules are tested

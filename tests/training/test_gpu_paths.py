@@ -11,9 +11,10 @@ import torch.distributed as dist
 
 from pipeline.config import replace
 from pipeline.training.device import device_settings
-from pipeline.training.loop import build_trainer, train_steps
+from pipeline.training.loop import train_steps
 from pipeline.training.schedule import resolve_schedule
 from pipeline.training.stream import BatchStream
+from pipeline.training.trainer import build_trainer
 
 pytestmark = pytest.mark.gpu
 

@@ -1,5 +1,5 @@
 """What follows an optimizer step (`after_step`): a checkpoint by steps or minutes, or for a graceful stop or a
-preemption notice; and rank 0's poll of those (`WorkerInterrupts`), which reports each notice once."""
+preemption notice (rank 0's poll of those: tests/cluster/test_interrupts.py)."""
 
 from __future__ import annotations
 
@@ -31,20 +31,3 @@ def test_a_stop_or_a_notice_checkpoints_at_once_and_only_a_stop_stops():
     assert not after_step(late).checkpoint
     late.last_checkpoint -= 31  # [s] past the half minute
     assert after_step(late) == AfterStep("minutes")
-
-
-def test_each_preemption_notice_is_reported_once(monkeypatch):
-    """Ray keeps a notice once given and merges later ones into it (more ranks, the earliest deadline): each change
-    is a new notice, worth a checkpoint; the same one is not."""
-    from pipeline import ray_interrupts
-
-    notice = [None]
-    monkeypatch.setattr(ray_interrupts, "_preemption_notice", lambda: notice[0])
-    poll = ray_interrupts.WorkerInterrupts()
-    assert poll() is None
-    notice[0] = SimpleNamespace(preempted_ranks=[1], deadline_ms=5_000)
-    assert [poll(), poll(), poll()] == ["preemption", None, None]  # one checkpoint per notice
-    notice[0] = SimpleNamespace(preempted_ranks=[0, 1], deadline_ms=5_000)  # another node's, merged in
-    assert [poll(), poll()] == ["preemption", None]
-    notice[0] = SimpleNamespace(preempted_ranks=[0, 1], deadline_ms=3_000)  # an earlier deadline
-    assert poll() == "preemption"

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from pipeline.config import replace
-from pipeline.training.loop import build_trainer, fit, train_steps
-from pipeline.training.report import format_step_progress
+from pipeline.training.loop import fit, train_steps
+from pipeline.training.progress import format_step_progress
 from pipeline.training.schedule import resolve_schedule
 from pipeline.training.stream import BatchStream
+from pipeline.training.trainer import build_trainer
 
 LABEL_MAP = {"category_ids": [1, 2, 3], "names": ["circle", "square", "triangle"]}
 LINE = re.compile(

@@ -10,10 +10,12 @@ from torch import nn
 from pipeline.config import replace
 from pipeline.data import DetectionDataset
 from pipeline.training.faults import InjectedFault
-from pipeline.training.loop import build_trainer, fit, train_steps
-from pipeline.training.report import best_state, format_progress
+from pipeline.training.loop import fit, train_steps
+from pipeline.training.progress import format_progress
+from pipeline.training.report import best_state
 from pipeline.training.schedule import resolve_schedule
 from pipeline.training.stream import BatchStream
+from pipeline.training.trainer import build_trainer
 
 LABEL_MAP = {"category_ids": [1, 2, 3], "names": ["circle", "square", "triangle"]}
 

@@ -134,7 +134,8 @@ def test_the_run_header_names_the_ray_it_will_use(tiny_config, monkeypatch):
     import dataclasses
 
     from pipeline.config import replace
-    from pipeline.job import header_lines, resolve_job
+    from pipeline.plan.header import header_lines
+    from pipeline.plan.job import resolve_job
 
     job = resolve_job(tiny_config)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

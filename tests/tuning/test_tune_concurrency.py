@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-import pipeline.cluster_storage as cluster_storage
+from pipeline.cluster import storage as cluster_storage
 from pipeline.config import ConfigError, load_config
 from pipeline.tuning.runner import _concurrency
 

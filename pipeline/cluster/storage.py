@@ -4,7 +4,7 @@ On one node anything local works. Once workers may run on other nodes (more than
 that may add some), Ray Train's checkpoints must go to a URI every node reaches (s3://, gs://, ...) or to a
 filesystem mounted at the same path on every node, declared with `ray.shared_storage: true` and verified here by a
 probe; and MLflow must be a server or a database every node reaches, never a file on the driver's disk.
-Called by `pipeline.ray_train` once Ray is connected, before any training starts.
+Called by `pipeline.cluster.train` once Ray is connected, before any training starts.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_sigterm_inside_an_epoch_checkpoints_that_step_and_resume_finishes_the_run(tiny_config, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from pipeline import ray_train
+    from pipeline.cluster import train as ray_train
 
     config = replace(  # 2 DDP workers x 4 images: 2 steps per epoch, 24 in all, evaluated every 6 epochs
         tiny_config,

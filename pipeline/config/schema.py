@@ -1,8 +1,6 @@
-"""The training job's configuration: the sections (`pipeline.config_sections`), loaded from YAML plus `--set`
-overrides.
-
-Loading rejects unknown keys (naming the valid ones) and bad values (naming the key and the value) before any
-long work starts; the resolved config prints and saves as YAML and flattens to MLflow params.
+"""The whole job's configuration (`PipelineConfig`, one section per concern) and its plain-dict form: `from_dict`
+checks every key and value against the sections' annotations, `to_dict` is what YAML, JSON, MLflow and Ray
+workers receive.
 """
 
 from __future__ import annotations
@@ -10,52 +8,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import types
 import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pipeline.config_sections import (
-    AUTO,
-    MODEL_VARIANTS,
-    ConfigError,
-    DataConfig,
-    EvalConfig,
-    MlflowConfig,
-    ModelConfig,
-    OptimConfig,
-    RayConfig,
-    TrainConfig,
-)
-
-__all__ = [
-    "AUTO",
-    "MODEL_VARIANTS",
-    "ConfigError",
-    "DataConfig",
-    "EvalConfig",
-    "MlflowConfig",
-    "ModelConfig",
-    "OptimConfig",
-    "PipelineConfig",
-    "RayConfig",
-    "TrainConfig",
-    "flatten",
-    "from_dict",
-    "load_config",
-    "override",
-    "parse_override",
-    "read_yaml_mapping",
-    "replace",
-    "save_config",
-    "to_dict",
-    "to_yaml",
-]
+from pipeline.config.checks import ConfigError
+from pipeline.config.data import DataConfig
+from pipeline.config.model import ModelConfig
+from pipeline.config.runtime import MlflowConfig, RayConfig
+from pipeline.config.training import EvalConfig, OptimConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -69,9 +31,6 @@ class PipelineConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-
-
-# ---------------------------------------------------------------------------------------------- building
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -152,75 +111,6 @@ def from_dict(data: dict[str, Any] | None) -> PipelineConfig:
     return PipelineConfig(**built)
 
 
-def parse_override(item: str) -> tuple[str, Any]:
-    """A `--set` string `section.key=value` -> ("section.key", YAML-parsed value)."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like section.key=value")
-    path, raw = item.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: cannot parse value: {e}") from e
-    return path.strip(), value
-
-
-def _set_dotted(data: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested section dicts with `{"section.key": value}` changes written in (a new dict; `data` is unchanged)."""
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    for dotted, value in changes.items():
-        parts = dotted.split(".")
-        if len(parts) != 2 or not all(parts):
-            raise ConfigError(f"override key {dotted!r} must be section.key, e.g. train.epochs")
-        section, key = parts
-        if not isinstance(data.setdefault(section, {}), dict):
-            raise ConfigError(f"section {section!r} must be a mapping of keys")
-        data[section][key] = value
-    return data
-
-
-def override(config: PipelineConfig, changes: Mapping[str, Any]) -> PipelineConfig:
-    """`config` with `{"section.key": value}` changes, validated (a ConfigError names the key and the value).
-
-    The one way a config changes after loading: `--set` strings (`load_config`), a search's sampled and managed
-    values (`pipeline.tuning`) and code (`replace`) all come through here."""
-    return from_dict(_set_dotted(to_dict(config), changes))
-
-
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """Load a YAML config file (or the defaults) and apply `section.key=value` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = read_yaml_mapping(path, "config file", "a mapping of sections")
-    try:
-        return from_dict(_set_dotted(data, dict(parse_override(item) for item in overrides)))
-    except ConfigError as e:
-        raise ConfigError(f"{e} (config {path or 'defaults'})" if path else str(e)) from None
-
-
-def read_yaml_mapping(path: str | os.PathLike, what: str, expected: str) -> dict[str, Any]:
-    """The mapping a YAML file holds; ConfigError naming `what` and the file when it is unreadable, not YAML or
-    not a mapping (`expected` says what it should hold)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must hold {expected}, got {type(data).__name__}")
-    return data
-
-
-def replace(config: PipelineConfig, **sections: dict[str, Any]) -> PipelineConfig:
-    """A copy with some keys changed per section, e.g. `replace(cfg, train={"epochs": 3})` (validated)."""
-    return override(
-        config, {f"{name}.{key}": value for name, values in sections.items() for key, value in values.items()}
-    )
-
-
 def to_dict(config: PipelineConfig) -> dict[str, dict[str, Any]]:
     """Nested plain dicts (lists, not tuples: what YAML, JSON and MLflow take)."""
 
@@ -228,17 +118,6 @@ def to_dict(config: PipelineConfig) -> dict[str, dict[str, Any]]:
         return [plain(v) for v in value] if isinstance(value, tuple | list) else value
 
     return {name: {k: plain(v) for k, v in section.items()} for name, section in dataclasses.asdict(config).items()}
-
-
-def to_yaml(config: PipelineConfig) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
-
-
-def save_config(config: PipelineConfig, path: str | os.PathLike) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(to_yaml(config), encoding="utf-8")
-    return out
 
 
 def flatten(config: PipelineConfig) -> dict[str, Any]:

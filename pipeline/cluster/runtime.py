@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 
+from pipeline.cluster.storage import check_shared_storage, reachable_resources
 from pipeline.config import ConfigError, PipelineConfig
 
 
@@ -26,11 +27,6 @@ def keep_sigterm_handler():
             signal.signal(signal.SIGTERM, previous)
 
 
-def cluster_address(config: PipelineConfig) -> str | None:
-    """The Ray a job connects to: `ray.address`, else RAY_ADDRESS; None starts a local one."""
-    return config.ray.address or os.environ.get("RAY_ADDRESS") or None
-
-
 def init_ray(config: PipelineConfig, tracking_uri: str, local_resources: dict[str, float] | None = None) -> bool:
     """Connect to (or start) Ray and check it can place the workers (counting what an autoscaler may add) and that
     storage and tracking are reachable from every node the workers may use; True when this call started it.
@@ -39,11 +35,9 @@ def init_ray(config: PipelineConfig, tracking_uri: str, local_resources: dict[st
     a Ray started here (a search's `train_driver` slots); a cluster declares its own in its definition (cluster/)."""
     import ray
 
-    from pipeline.cluster_storage import check_shared_storage, reachable_resources
-
     started = False
     if not ray.is_initialized():
-        address = cluster_address(config)
+        address = config.ray.cluster_address()
         with keep_sigterm_handler():
             if address:
                 ray.init(address=address)

@@ -9,10 +9,9 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from pipeline import dependencies
-from pipeline.cli import main
+from pipeline.cli import dependencies, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_declared_dependency_is_checked_and_importable_here():

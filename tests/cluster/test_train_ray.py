@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import ray_train
 from pipeline.cli import train as train_cli
+from pipeline.cluster import train as ray_train
 from pipeline.config import replace
 from pipeline.data import dataset_fingerprint
 from pipeline.training.checkpoint import load_checkpoint
@@ -213,8 +213,8 @@ def test_ray_data_engine_gives_each_rank_the_dataloaders_images_and_resumes_exac
 def test_ray_data_engine_needs_a_cpu_the_workers_leave_free(tiny_config):
     """Two 1-CPU workers on this 2-CPU Ray leave nothing for the Ray Data tasks: refused before anything starts,
     instead of tasks waiting forever behind the workers."""
+    from pipeline.cluster.runtime import init_ray
     from pipeline.config import ConfigError
-    from pipeline.ray_runtime import init_ray
 
     config = replace(tiny_config, data={"engine": "ray", "ray_cpus_per_task": 0.5}, ray={"cpus_per_worker": 1})
     with pytest.raises(ConfigError, match=r"data.ray_cpus_per_task=0.5 does not fit .*data.engine: ray needs CPUs"):
@@ -225,7 +225,7 @@ def test_ray_data_engine_needs_a_cpu_the_workers_leave_free(tiny_config):
 def test_rank_zero_sees_the_drivers_stop_request_without_blocking():
     import ray
 
-    from pipeline.ray_interrupts import WorkerInterrupts, start_stop_flag
+    from pipeline.cluster.interrupts import WorkerInterrupts, start_stop_flag
 
     flag = start_stop_flag()
     poll = WorkerInterrupts(flag)

@@ -27,7 +27,7 @@ from typing import Any
 
 from pipeline.uri import is_uri
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # anchored (leading "/") so that e.g. "/data" skips the dataset folder but keeps the pipeline/data package
 WORKING_DIR_EXCLUDES = [
     "/.git",

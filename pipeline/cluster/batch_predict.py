@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.cluster.storage import TRACKING_HINT, is_local_tracking_store, may_span_nodes
 from pipeline.data import storage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -191,7 +192,6 @@ class ShardPredictor:
 def check_reachable(job: BatchJob) -> None:
     """On a cluster that may span nodes, actors on other nodes must reach the input, the output and the tracking
     store: local paths and a SQLite store are refused, naming them (Ray must be initialised)."""
-    from pipeline.cluster_storage import TRACKING_HINT, is_local_tracking_store, may_span_nodes
 
     if not may_span_nodes():
         return

@@ -1,14 +1,15 @@
-"""Tracking-store resolution and the fail-fast checks that run before any training starts."""
+"""Tracking-store resolution (`pipeline.tracking.store`) and the fail-fast checks that run before any training
+starts."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
-from pipeline import ray_train
 from pipeline.config import replace
-from pipeline.job import resolve_job
+from pipeline.plan.job import resolve_job
 from pipeline.tracking import TrackingError, check_tracking_store, resolve_tracking_uri, ui_hint
 
 
@@ -43,24 +44,5 @@ def test_unreachable_server_stops_the_job_before_training(tiny_config, unused_po
         resolve_job(config)
     assert time.perf_counter() - start < 30
     storage = tiny_config.ray.storage_path
-    assert not (ray_train.Path(storage).exists() and any(ray_train.Path(storage).iterdir())), "no run started"
+    assert not (Path(storage).exists() and any(Path(storage).iterdir())), "no run started"
     assert "mlflow ui --backend-store-uri sqlite:////x/mlflow.db" in ui_hint("sqlite:////x/mlflow.db")
-
-
-def test_run_names_and_resume_work_with_a_storage_uri(tiny_config, tmp_path):
-    from pathlib import Path
-
-    from pipeline.config import ConfigError
-
-    storage = (tmp_path / "bucket").as_uri()  # file:// goes through pyarrow, as s3:// and gs:// do
-    config = replace(tiny_config, ray={"storage_path": storage, "name": "run1"})
-    with pytest.raises(ConfigError, match="--resume: no run run1"):
-        ray_train.run_name(config, resume=True)
-    assert ray_train.run_name(config, resume=False) == "run1"
-    (tmp_path / "bucket" / "run1").mkdir(parents=True)
-    with pytest.raises(ConfigError, match="a run of that name exists"):
-        ray_train.run_name(config, resume=False)
-    assert ray_train.run_name(config, resume=True) == "run1"
-    # the driver's bookkeeping cannot live in object storage: it stays beside the local outputs
-    assert ray_train._meta_dir(config) == Path(config.train.output_dir) / "_pipeline"
-    assert ray_train.run_location(storage, "run1") == f"{storage}/run1"

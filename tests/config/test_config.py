@@ -9,7 +9,7 @@ import pytest
 from pipeline.cli import main as cli_main
 from pipeline.config import ConfigError, PipelineConfig, flatten, load_config, save_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml"])

@@ -1,0 +1,70 @@
+"""`data:`: where the dataset lives, how it is loaded and augmented, and the demo set generated when it is absent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config.augment import parse_augment
+from pipeline.config.checks import ConfigError, at_least_or_null, check, choice, parse_image_check
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the dataset lives, how it is loaded, and the demo dataset generated when it is absent."""
+
+    # a local directory, or an object-store prefix (s3://bucket/set, gs://...; pipeline/data/storage.py)
+    dir: str = "data/demo"
+    # remote datasets: keep each image on the node's disk after its first read (later epochs read disk); null = off
+    cache_dir: str | None = None
+    # who decodes and augments: torch (DataLoader processes beside each training worker) | ray (Ray Data tasks on any
+    # CPU of the cluster, CPU-only nodes included: pipeline/data/ray_engine.py); the same images per rank and epoch
+    engine: str = "torch"
+    ray_cpus_per_task: float = 1.0  # engine ray: CPUs each Ray Data task reserves
+    # image files read before training: all | sample:N (per split) | none; local files are decoded whole, objects in
+    # a bucket checked from their header (pipeline/data/validate.py)
+    check_images: str = "all"
+    generate_if_missing: bool = True  # write the synthetic demo dataset into `dir` when it does not exist
+    synth_preset: str = "shapes"  # generated dataset: shapes (the demo) | dense (small, overlapping objects)
+    synth_images: int = 400  # demo dataset: total images (train + val)
+    synth_size: int = 256  # demo dataset: image side in px
+    synth_val_fraction: float = 0.2
+    batch_size: int = 8  # per worker
+    val_batch_size: int | None = None  # null = batch_size
+    # DataLoader processes per training worker; auto = the worker's CPUs but one (at least 2) on a GPU, 0 on CPU (load
+    # in the training process, which already uses every CPU): pipeline/training/device.py
+    loader_workers: int | str = "auto"
+    prefetch_factor: int = 4  # batches each loader process prepares ahead
+    # training augmentation: a preset (default | strong | aerial | none) or a list of steps, e.g.
+    # [{scale: {min: 0.5, max: 1.5}}, {hflip: {p: 0.5}}, {color: {}}] (ops: pipeline/config/augment.py)
+    augment: str | tuple[dict | str, ...] = "default"
+
+    def __post_init__(self) -> None:
+        check(bool(self.dir), "data.dir", self.dir, "must be a non-empty path")
+        check(self.cache_dir != "", "data.cache_dir", self.cache_dir, "must be a path or null")
+        choice("data.engine", self.engine, ("torch", "ray"))
+        check(self.ray_cpus_per_task > 0, "data.ray_cpus_per_task", self.ray_cpus_per_task, "must be > 0")
+        try:
+            parse_image_check(self.check_images)
+        except ValueError as e:
+            raise ConfigError(f"data.check_images: {e}") from None
+        choice("data.synth_preset", self.synth_preset, ("shapes", "dense"))
+        check(self.synth_images >= 2, "data.synth_images", self.synth_images, "must be >= 2")
+        check(self.synth_size >= 32, "data.synth_size", self.synth_size, "must be >= 32")
+        check(0 < self.synth_val_fraction < 1, "data.synth_val_fraction", self.synth_val_fraction, "must be in (0, 1)")
+        check(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
+        at_least_or_null("data.val_batch_size", self.val_batch_size, 1)
+        check(
+            self.loader_workers == "auto" or (isinstance(self.loader_workers, int) and self.loader_workers >= 0),
+            "data.loader_workers",
+            self.loader_workers,
+            "must be auto or a number >= 0",
+        )
+        check(self.prefetch_factor >= 1, "data.prefetch_factor", self.prefetch_factor, "must be >= 1")
+        try:
+            self.augment_options()
+        except ValueError as e:
+            raise ConfigError(f"data.augment{'' if str(e).startswith('[') else ': '}{e}") from None
+
+    def augment_options(self):
+        """The resolved training augmentation (`pipeline.config.augment.AugmentOptions`)."""
+        return parse_augment(self.augment)
