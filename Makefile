@@ -12,14 +12,16 @@ setup: .venv/.installed
 	@command -v uv >/dev/null 2>&1 || (python3 -m venv .venv-uv && .venv-uv/bin/pip install -q "uv>=0.5,<1")
 	$(UV) venv --allow-existing -q -p 3.11 .venv
 	$(UV) pip install -q --compile-bytecode -p $(PY) -e ".[test]"
-	$(PY) -c "import timm, torchvision.ops, ray, mlflow, albumentations, pycocotools"
+	$(PY) -c "import timm, torchvision.ops, ray, mlflow, albumentations, pycocotools, importlinter"
 	touch $@
 
 run: setup
 	$(PY) run_pipeline.py
 
+# the layer contracts first (pyproject's [tool.importlinter]; under a second): a broken layer fails before the suite
 test: setup
+	.venv/bin/lint-imports --no-logo --no-cache
 	$(PY) -m pytest
 
 lint: setup
-	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && .venv/bin/lint-imports --no-logo --no-cache

@@ -1,74 +1,77 @@
-"""The import direction of DESIGN.md: each layer imports only layers below it."""
+"""The architecture's contracts (`[tool.importlinter]` in pyproject.toml): the tree keeps them, and `lint-imports`
+breaks on each kind of import they forbid (checked on a copy of the tree with one bad import added)."""
 
 from __future__ import annotations
 
-import ast
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-# layer -> top-level names it must never import
-FORBIDDEN = {
-    "effdet_core": {"ray", "mlflow", "pipeline", "cluster", "tune_spaces", "run_pipeline", "effdet"},
-    "pipeline": {"cluster", "run_pipeline", "effdet"},
-    "cluster": {"run_pipeline", "effdet"},
-}
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+CONTRACTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
 
 
-def _imported_top_level_names(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return names
+def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(root)}  # the copy's packages, not the installed ones
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", "--no-logo", str(root / "pyproject.toml")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-def test_layers_import_downwards_only():
-    violations = []
-    for layer, forbidden in FORBIDDEN.items():
-        for path in sorted((ROOT / layer).rglob("*.py")):
-            bad = _imported_top_level_names(path) & forbidden
-            if bad:
-                violations.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
-    assert not violations, "\n".join(violations)
+def test_the_tree_keeps_every_contract():
+    result = lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Contracts: {len(CONTRACTS)} kept, 0 broken." in result.stdout
 
 
-def test_the_check_sees_imports(tmp_path):
-    sample = tmp_path / "m.py"
-    sample.write_text("import ray.train\nfrom mlflow import log_metric\nfrom . import sibling\n")
-    assert _imported_top_level_names(sample) == {"ray", "mlflow"}
+# (file of the copy, line appended to it, id of the contract it must break); imports inside functions count too
+BAD_IMPORTS = [
+    ("effdet_core/topology.py", "import pipeline.data", "model"),
+    ("effdet_core/anchors.py", "def _f():\n    import mlflow", "model"),
+    ("pipeline/training/evaluate.py", "def _f():\n    import mlflow", "plain-training"),
+    ("pipeline/training/loop.py", "from pipeline import tracking", "plain-training"),
+    ("pipeline/registry/predict.py", "def _f():\n    import ray.data", "no-ray-below-cluster"),
+    ("pipeline/data/layout.py", "def _f():\n    from pipeline.training import schedule", "layers"),
+    ("pipeline/stray.py", "import pipeline.config", "layers"),  # a module outside every layer
+    ("pipeline/training/stream.py", "def _f():\n    from pipeline.training import loop", "acyclic"),
+    ("pipeline/cli/train.py", "def _f():\n    from pipeline.cli import tune", "cli-independent"),
+    ("pipeline/registry/export.py", "import effdet", "no-reference-effdet"),
+]
 
 
-def _imported_modules(path: Path) -> set[str]:
-    modules = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            modules.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            modules.update([node.module, *(f"{node.module}.{alias.name}" for alias in node.names)])
-    return modules
+@pytest.fixture(scope="module")
+def tree_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tree")
+    for name in ("pipeline", "effdet_core"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", root)
+    return root
 
 
-def test_subcommand_modules_share_helpers_through_common_only():
-    """Each `pipeline/cli/<command>.py` may import `pipeline.cli.common`, never another subcommand or the package."""
-    cli = ROOT / "pipeline" / "cli"
-    subcommands = {p.stem for p in cli.glob("*.py")} - {"__init__", "common"}
-    violations = []
-    for name in sorted(subcommands):
-        sideways = {m for m in _imported_modules(cli / f"{name}.py") if m.startswith("pipeline.cli")}
-        bad = sideways - {"pipeline.cli.common"} - {f"pipeline.cli.common.{n}" for n in _public(cli / "common.py")}
-        if bad:
-            violations.append(f"pipeline/cli/{name}.py imports {sorted(bad)}")
-    assert not violations, "\n".join(violations)
-
-
-def _public(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
-    return {node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.ClassDef)} | {
-        target.id
-        for node in tree.body
-        if isinstance(node, ast.Assign)
-        for target in node.targets
-        if isinstance(target, ast.Name)
-    }
+@pytest.mark.parametrize(("path", "line", "contract"), BAD_IMPORTS, ids=[f"{c}:{p}" for p, _, c in BAD_IMPORTS])
+def test_a_bad_import_breaks_its_contract(tree_copy: Path, path: str, line: str, contract: str):
+    target = tree_copy / path
+    original = target.read_text() if target.exists() else None
+    target.write_text((original or "") + f"\n\n{line}\n")
+    try:
+        result = lint_imports(tree_copy)
+    finally:
+        if original is None:
+            target.unlink()
+        else:
+            target.write_text(original)
+    assert result.returncode != 0
+    names = {c["id"]: c["name"] for c in CONTRACTS}
+    broken = {i for i, name in names.items() if f"{name} BROKEN" in " ".join(result.stdout.split())}
+    assert broken >= {contract}, result.stdout
