@@ -37,13 +37,13 @@ def choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     check(value in choices, key, value, f"not supported; choose one of {list(choices)}")
 
 
-def parse_image_check(check: bool | str) -> int | None:
+def parse_image_check(value: bool | str) -> int | None:
     """`all` (or True) -> None: every image; `sample:N` -> N per split; `none` (or False) -> 0."""
-    if check is True or check == "all":
+    if value is True or value == "all":
         return None
-    if check is False or check == "none":
+    if value is False or value == "none":
         return 0
-    match = re.fullmatch(r"sample:(\d+)", str(check))
+    match = re.fullmatch(r"sample:(\d+)", str(value))
     if not match:
-        raise ValueError(f"image check {check!r} not supported; choose all, none or sample:N (e.g. sample:500)")
+        raise ValueError(f"image check {value!r} not supported; choose all, none or sample:N (e.g. sample:500)")
     return int(match.group(1))

@@ -19,7 +19,8 @@ from typing import Any
 
 from pipeline import tracking
 from pipeline.config import ConfigError, PipelineConfig, replace, to_dict
-from pipeline.plan.job import ResolvedJob
+from pipeline.plan.header import header_lines
+from pipeline.plan.job import ResolvedJob, absolute_paths, resolve_job
 from pipeline.tuning.leaderboard import TrialRow, mark_fronts, ranked, write_files
 from pipeline.tuning.runner import TrialOutcome, fit_search
 from pipeline.tuning.space import SearchSpace, load_space
@@ -90,9 +91,6 @@ class SearchOutcome:
 
 def run_search(base: PipelineConfig, options: SearchOptions) -> SearchOutcome:
     """Validate everything, then search; returns the leaderboard (and the registration of the best model)."""
-    from pipeline.plan.header import header_lines
-    from pipeline.plan.job import absolute_paths, resolve_job
-
     start = time.perf_counter()
     options.check()
     overrides = {"use_gpu": options.use_gpu or base.ray.use_gpu}

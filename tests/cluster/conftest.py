@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ports import free_port  # noqa: F401 (used by the tests here)
+from ports import free_port
 from tiny_run import (  # noqa: F401 (fixtures)
     local_ray,
     one_torch_thread,
     tiny_bucket_dataset,
     tiny_config,
     tiny_dataset,
-    tiny_overrides,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

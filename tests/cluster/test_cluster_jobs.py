@@ -12,12 +12,14 @@ import time
 
 import pytest
 from mlflow.tracking import MlflowClient
+from ports import free_port
+from tiny_run import tiny_overrides
 
 from pipeline.cli import main
 from pipeline.cluster import submission
 from pipeline.config import load_config, save_config
 
-from .conftest import ROOT, free_port, tiny_overrides
+from .conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
