@@ -34,8 +34,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="dataset directory (written with --preset if absent)")
     parser.add_argument("--preset", default="dense", choices=("shapes", "dense"))
     parser.add_argument("--images", type=int, default=300, help="images when the dataset is generated")
-    parser.add_argument("--size", type=int, default=384, help="model input size (both models)")
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps of our run (sets the budget)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="input size of ours (default: auto) and effdet's (default: the images' size)",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps of our run (sets the budget)")
+    parser.add_argument("--minutes", type=float, default=None, help="our run's time budget (train --minutes)")
+    parser.add_argument(
+        "--old-defaults",
+        action="store_true",
+        help="ours with the defaults before auto fitting: "
+        "256 px, official levels and anchors, the default augmentation",
+    )
+    parser.add_argument("--skip-effdet", action="store_true", help="our run only")
     parser.add_argument("--budget-s", type=float, default=None, help="skip our run: give effdet this budget")
     parser.add_argument("--effdet-lr", type=float, default=1e-3, help="AdamW learning rate of the reference")
     parser.add_argument("--effdet-batch", type=int, default=8)
@@ -51,26 +64,50 @@ def ensure_data(args: argparse.Namespace) -> Path:
 
     root = Path(args.data)
     if not annotation_path(root, "val").is_file():
-        write_synthetic_dataset(root, num_images=args.images, size=args.size, preset=args.preset)
+        from pipeline.data.synth import PRESETS
+
+        size = args.size or PRESETS[args.preset].default_size
+        write_synthetic_dataset(root, num_images=args.images, size=size, preset=args.preset)
     return root.resolve()
+
+
+def native_size(data: Path) -> int:
+    """The training images' median longer side, rounded to a multiple of 128 (effdet's input when --size is not
+    given)."""
+    from pipeline.data.coco_index import load_split
+
+    records = load_split(data, "train")[2]
+    longer = sorted(max(r.height, r.width) for r in records)[len(records) // 2]
+    return max(128, round(longer / 128) * 128)
 
 
 def run_ours(args: argparse.Namespace, data: Path, out: Path) -> dict[str, float]:
     """The project's defaults through the real CLI; returns its best val metrics and its training seconds."""
     out.mkdir(parents=True, exist_ok=True)
     store = out / "mlflow.db"
+    length = ["--minutes", str(args.minutes)] if args.minutes else ["--set", f"train.steps={args.steps or 300}"]
+    size = ["--set", f"model.image_size={args.size}"] if args.size else []
+    old = [f"{key}=null" for key in ("min_level", "max_level", "anchor_scale", "anchor_ratios")]
+    old = (
+        [
+            x
+            for item in ["model.image_size=256", *[f"model.{k}" for k in old], "data.augment=default"]
+            for x in ("--set", item)
+        ]
+        if args.old_defaults
+        else []
+    )
     command = [
         sys.executable,
         str(ROOT / "run_pipeline.py"),
         "train",
+        *length,
+        *size,
+        *old,
         "--set",
         f"data.dir={data}",
         "--set",
         "data.generate_if_missing=false",
-        "--set",
-        f"model.image_size={args.size}",
-        "--set",
-        f"train.steps={args.steps}",
         "--set",
         f"train.output_dir={out / 'outputs'}",
         "--set",
@@ -191,13 +228,19 @@ def main() -> None:
     if args.budget_s is None:
         ours = run_ours(args, data, out / f"ours-{int(time.time())}")
     budget = args.budget_s if ours is None else ours["train_s"]
-    reference = run_effdet(args, data, budget)
-    print(f"dataset: {data} ({args.size} px)")
+    args.size = args.size or native_size(data)
+    reference = None if args.skip_effdet else run_effdet(args, data, budget)
+    print(f"dataset: {data} (effdet at {args.size} px)")
     if ours is not None:
+        what = "old defaults" if args.old_defaults else "ours"
+        length = f"train.minutes={args.minutes:g}" if args.minutes else f"{args.steps or 300} steps"
         print(
-            f"ours:   val AP {ours['AP']:.4f}  AP50 {ours['AP50']:.4f}  training {ours['train_s']:.0f} s "
-            f"(job wall {ours['wall_s']:.0f} s, {args.steps} steps)"
+            f"{what}: val AP {ours['AP']:.4f}  AP50 {ours['AP50']:.4f}  training {ours['train_s']:.0f} s "
+            f"(job wall {ours['wall_s']:.0f} s, {length})"
         )
+    if reference is None:
+        (out / "last.json").write_text(json.dumps({"ours": ours}, indent=2))
+        return
     print(
         f"effdet: val AP {reference['AP']:.4f}  AP50 {reference['AP50']:.4f}  training {reference['train_s']:.0f} s "
         f"({reference['steps']} steps, AdamW lr {args.effdet_lr})"

@@ -54,7 +54,21 @@ def create_backbone(
         raise ValueError(f"unknown timm backbone {name!r}: {err}") from err
     if pretrained is not None:
         load_backbone_weights(backbone, _resolve_weights(name, pretrained))
+    _drop_unused_stages(backbone)  # after loading: the packaged weights map onto the whole network by position
     return backbone
+
+
+def _drop_unused_stages(backbone: nn.Module) -> None:
+    """timm builds and runs every stage of a features-only EfficientNet, even those after the last output asked for.
+    With fewer pyramid levels (e.g. P2-P4) they cost compute and leave parameters without gradients, which DDP
+    refuses: cut the blocks after the last one whose output is used."""
+    blocks = getattr(backbone, "blocks", None)
+    names = backbone.feature_info.module_name()  # e.g. ["blocks.1", "blocks.2", "blocks.4"]
+    if not isinstance(blocks, nn.Sequential) or not all(n.startswith("blocks.") for n in names):
+        return  # another backbone family: keep it whole
+    last = max(int(n.split(".")[1]) for n in names)
+    if last + 1 < len(blocks):
+        backbone.blocks = blocks[: last + 1]
 
 
 def check_backbone_weights(pretrained: str | os.PathLike | None, backbone_name: str) -> None:

@@ -89,3 +89,14 @@ def local_ray():
 def tiny_bucket_dataset(s3_server, tiny_dataset) -> str:
     """`tiny_dataset` uploaded to the tests' S3 server: `s3://training-data/tiny`."""
     return s3_server.upload_dir(tiny_dataset, "training-data", "tiny")
+
+
+def without_auto(config):
+    """`config` with its `auto` values set to the official ones (null; the `default` augmentation): for tests that
+    build a trainer directly, with no dataset to fit them to."""
+    from pipeline.config import AUTO, replace
+    from pipeline.config.model import AUTO_KEYS
+
+    model = {key: None for key in AUTO_KEYS if getattr(config.model, key) == AUTO}
+    data = {"augment": "default"} if config.data.augment == AUTO else {}
+    return replace(config, model=model, data=data)

@@ -58,8 +58,10 @@ def load_job_config(args: argparse.Namespace, flag_overrides: list[str]):
 
 
 def train_config(args: argparse.Namespace):
-    """`train`'s config: the file, then --set, then its --num-workers / --use-gpu flags (which win)."""
+    """`train`'s config: the file, then --set, then its --num-workers / --use-gpu / --minutes flags (which win)."""
     overrides = []
+    if getattr(args, "minutes", None) is not None:  # a time budget replaces the file's length
+        overrides += ["train.epochs=null", "train.steps=null", f"train.minutes={args.minutes}"]
     if args.num_workers is not None:
         overrides.append(f"ray.num_workers={args.num_workers}")
     if args.use_gpu:

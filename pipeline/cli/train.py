@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from pipeline.cli.common import add_config_arguments, add_register_arguments, stop_gracefully_on_sigterm, train_config
@@ -20,6 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (ray.num_workers)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker (ray.use_gpu=true)")
     parser.add_argument(
+        "--minutes", type=float, default=None, help="time budget of the whole job (train.minutes; replaces the length)"
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="continue the latest run (or ray.name) from its last epoch checkpoint"
     )
     add_register_arguments(parser, search=False)
@@ -30,6 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline import PROCESS_STARTED
     from pipeline.cluster.train import TrainingJobError, TrainingStopped, run_name, train
     from pipeline.config import ConfigError, to_yaml
     from pipeline.data import DatasetError
@@ -59,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{what}: the MLflow run is marked KILLED; continue from the last checkpoint with --resume", flush=True)
         return 130
     m = outcome.report.metrics
+    budget = job.config.train.minutes
+    took = f" (the whole job {(time.time() - PROCESS_STARTED) / 60:.2f} min, budget {budget:g})" if budget else ""
     print(
-        f"\ndone in {outcome.wall_s / 60:.1f} min: best at step {outcome.report.best_step} "
+        f"\ndone in {outcome.wall_s / 60:.1f} min{took}: best at step {outcome.report.best_step} "
         f"(epoch {outcome.report.best_epoch:.3g}), "
         f"val AP {m.get('val_AP', float('nan')):.3f}, AP50 {m.get('val_AP50', float('nan')):.3f}\n"
         f"MLflow run {outcome.run.run_id} ({outcome.run.url()}) in {outcome.run.tracking_uri}\n"

@@ -182,7 +182,10 @@ def _fit(config: PipelineConfig, name: str, run: tracking.RunHandle):
     flag = start_stop_flag()
     try:
         with stop_on_sigterm(flag):
-            result = build_torch_trainer(config, name, run, step_checkpoints=True, stop_flag=flag).fit()
+            trainer = build_torch_trainer(
+                config, name, run, step_checkpoints=True, stop_flag=flag, deadline=_deadline(config)
+            )
+            result = trainer.fit()
     except TrainingFailedError as e:
         tracking.end_run(run, "FAILED")
         raise TrainingJobError(
@@ -200,6 +203,15 @@ def _fit(config: PipelineConfig, name: str, run: tracking.RunHandle):
         raise TrainingStopped(int(result.metrics["stopped_at_step"]), name)
     with result.checkpoint.as_directory() as directory:
         return load_checkpoint(directory)
+
+
+def _deadline(config: PipelineConfig) -> float | None:
+    """`train.minutes` counts from this process's start: the job's whole wall time, start-up included."""
+    if config.train.minutes is None:
+        return None
+    from pipeline import PROCESS_STARTED
+
+    return PROCESS_STARTED + 60 * config.train.minutes
 
 
 def _finish(config: PipelineConfig, run: tracking.RunHandle, last, name: str) -> FinalReport:

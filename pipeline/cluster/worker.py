@@ -46,6 +46,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     _quiet_per_report_logging()
+    began = time.time()  # a search trial's time budget counts from here (a training job's from the driver's start)
     config = from_dict(loop_config["config"])
     run = tracking.RunHandle(**loop_config["run"]) if loop_config.get("run") else None
     context = ray.train.get_context()
@@ -149,8 +150,19 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     # a stop the driver asks for and Ray's preemption notices: a checkpoint at the next step (rank 0 polls)
     interrupts = WorkerInterrupts(loop_config.get("stop_flag") if rank == 0 else None) if between else None
     try:  # 3.
+        deadline = loop_config.get("deadline")
+        if deadline is None and config.train.minutes is not None:
+            deadline = began + 60 * config.train.minutes
         run_schedule(
-            trainer, inputs.train_loader, inputs.val_loader, inputs.coco_gt, report, progress, between, interrupts
+            trainer,
+            inputs.train_loader,
+            inputs.val_loader,
+            inputs.coco_gt,
+            report,
+            progress,
+            between,
+            interrupts,
+            deadline,
         )
     except StopRequested as stop:  # every rank, after the stop's checkpoint (its metrics tell the driver)
         if rank == 0:

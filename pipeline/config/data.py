@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from pipeline.config.augment import parse_augment
 from pipeline.config.checks import ConfigError, at_least_or_null, check, choice, parse_image_check
+from pipeline.config.model import AUTO
+
+VIEWS = ("auto", "overhead", "side")
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,13 @@ class DataConfig:
     # in the training process, which already uses every CPU): pipeline/training/device.py
     loader_workers: int | str = "auto"
     prefetch_factor: int = 4  # batches each loader process prepares ahead
-    # training augmentation: a preset (default | strong | aerial | none) or a list of steps, e.g.
-    # [{scale: {min: 0.5, max: 1.5}}, {hflip: {p: 0.5}}, {color: {}}] (ops: pipeline/config/augment.py)
-    augment: str | tuple[dict | str, ...] = "default"
+    # training augmentation: auto (aerial for data seen from above, see `view`, else default), a preset (default |
+    # strong | aerial | none) or a list of steps, e.g. [{scale: {min: 0.5, max: 1.5}}, {hflip: {p: 0.5}}, {color: {}}]
+    # (ops: pipeline/config/augment.py)
+    augment: str | tuple[dict | str, ...] = "auto"
+    # how the images were taken: overhead (aerial, satellite, microscopy: every orientation is plausible) | side
+    # (upright scenes) | auto (judged from the training boxes, and said: pipeline/data/auto_fit.py)
+    view: str = "auto"
 
     def __post_init__(self) -> None:
         check(bool(self.dir), "data.dir", self.dir, "must be a non-empty path")
@@ -60,11 +67,19 @@ class DataConfig:
             "must be auto or a number >= 0",
         )
         check(self.prefetch_factor >= 1, "data.prefetch_factor", self.prefetch_factor, "must be >= 1")
+        choice("data.view", self.view, VIEWS)
         try:
-            self.augment_options()
+            if self.augment != AUTO:
+                self.augment_options()
         except ValueError as e:
             raise ConfigError(f"data.augment{'' if str(e).startswith('[') else ': '}{e}") from None
 
     def augment_options(self):
         """The resolved training augmentation (`pipeline.config.augment.AugmentOptions`)."""
+        assert self.augment != AUTO, "data.augment: auto must be fitted (pipeline.data.auto_fit) first"
         return parse_augment(self.augment)
+
+    @property
+    def needs_fit(self) -> bool:
+        """The augmentation is `auto`: chosen from the view (`pipeline.data.auto_fit`) before training."""
+        return self.augment == AUTO

@@ -63,9 +63,12 @@ class OptimConfig:
 class TrainConfig:
     """The loop: length, precision, compilation, accumulation, where local outputs go."""
 
-    # length: epochs or optimizer steps (not both); neither = chosen from the dataset's size (the header says why)
+    # length: epochs, optimizer steps or minutes (one of them); none = chosen from the dataset's size (the header
+    # says why). minutes: a time budget for the whole run (start-up, training, evaluations, the end): the step count
+    # is planned from the step rate measured in the first steps (pipeline/training/budget.py)
     epochs: int | None = None
     steps: int | None = None
+    minutes: float | None = None
     eval_every: str = "auto"  # N (epochs), "N epochs", "N steps" or auto (about 6 per run); always at the end
     seed: int = 0
     # auto (bf16 on GPUs that have it, else fp16 with a grad scaler; fp32 on CPU) | none | bf16 | fp16 (explicit
@@ -98,12 +101,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         at_least_or_null("train.epochs", self.epochs, 1)
         at_least_or_null("train.steps", self.steps, 1)
+        lengths = {key: getattr(self, key) for key in ("epochs", "steps", "minutes") if getattr(self, key) is not None}
         check(
-            self.epochs is None or self.steps is None,
-            "train.steps",
-            self.steps,
-            f"give train.epochs ({self.epochs}) or train.steps, not both",
+            len(lengths) <= 1,
+            "train." + list(lengths)[-1] if lengths else "train",
+            list(lengths.values())[-1] if lengths else None,
+            f"give one of train.epochs, train.steps or train.minutes, not {sorted(lengths)}",
         )
+        check(self.minutes is None or self.minutes > 0, "train.minutes", self.minutes, "must be > 0 or null")
         try:
             parse_eval_every(self.eval_every)
         except ValueError as e:

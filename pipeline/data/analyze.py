@@ -27,6 +27,7 @@ from pipeline.data.anchor_fit import (
     jitter_scales,
     records_input_boxes,
 )
+from pipeline.data.auto_fit import Choice, fit_to_data
 from pipeline.data.coco_index import load_split
 
 UNCOVERED_WARNING = 0.10  # the training header warns above this share of boxes without an anchor at IoU >= 0.5
@@ -76,13 +77,15 @@ class Analysis:
         return self.model.replace(**changes)
 
 
-def analyze(config: PipelineConfig, dataset_dir: str | None = None) -> Analysis:
-    """Measure the training boxes of `dataset_dir` (default `config.data.dir`) against `config.model`."""
+def analyze(config: PipelineConfig, dataset_dir: str | None = None, records=None) -> Analysis:
+    """Measure the training boxes of `dataset_dir` (default `config.data.dir`; or its train `records`, already read)
+    against `config.model` (its input size, levels and augmentation fitted: `fit_auto`)."""
     from pipeline.data.loader import training_augmentation
 
     dataset_dir = dataset_dir or config.data.dir
     model = config.model.resolve()
-    _, _, records = load_split(dataset_dir, "train")
+    if records is None:
+        _, _, records = load_split(dataset_dir, "train")
     boxes = records_input_boxes(records, model.image_size)
     augment = training_augmentation(config.data.augment_options(), records, model.image_size)
     train_boxes = jitter_scales(boxes, augment.scale_min, augment.scale_max)
@@ -192,6 +195,38 @@ def _size_buckets(sizes: np.ndarray) -> list[tuple[str, float]]:
     edges = [(0, 16, "under 16 px"), (16, 32, "16-32 px"), (32, 96, "32-96 px"), (96, np.inf, "96 px and over")]
     total = max(1, len(sizes))
     return [(name, float(((sizes >= lo) & (sizes < hi)).sum()) / total) for lo, hi, name in edges]
+
+
+def fit_auto(config: PipelineConfig) -> tuple[PipelineConfig, list[Choice], Analysis]:
+    """Every `auto` value fitted to the training boxes (input size, levels, augmentation, then anchors at that
+    size), what was chosen and why, and the analysis of the boxes against the fitted model."""
+    _, _, records = load_split(config.data.dir, "train")
+    config, choices = fit_to_data(config, records)
+    analysis = analyze(config, records=records)
+    if config.model.needs_fit:  # the anchors
+        fitted = resolve_auto_anchors(config, analysis)
+        for key in ("anchor_scale", "anchor_ratios"):
+            if getattr(config.model, key) == AUTO:
+                value = getattr(fitted.model, key)
+                choices.append(
+                    Choice(
+                        f"model.{key}", list(value) if isinstance(value, tuple) else value, _anchor_why(analysis, key)
+                    )
+                )
+        config = fitted
+        analysis = analysis.for_model(config.model.resolve())  # the same boxes against the fitted anchors
+    return config, choices, analysis
+
+
+def _anchor_why(a: Analysis, key: str) -> str:
+    if key == "anchor_ratios":
+        return (
+            "the quantiles of the boxes' shapes cover more boxes"
+            if a.fitted_ratios
+            else "the official ones cover as many"
+        )
+    best = next(c for c in a.scale_table if c.scale == a.fitted_scale)
+    return f"{best.positives:.1f} positive anchors per box, {best.covered:.0%} of the boxes covered under the jitter"
 
 
 def resolve_auto_anchors(config: PipelineConfig, analysis: Analysis) -> PipelineConfig:

@@ -14,7 +14,6 @@ from pipeline import tracking
 from pipeline.config import PipelineConfig, replace
 from pipeline.config.augment import AugmentOptions
 from pipeline.data import storage
-from pipeline.data.anchor_fit import describe
 from pipeline.training.schedule import Schedule, resolve_schedule, steps_per_epoch
 from pipeline.uri import is_uri
 
@@ -56,7 +55,7 @@ def resolve_job(config: PipelineConfig) -> ResolvedJob:
     """Everything that can fail on bad input, before any training: paths, model, tracking store, dataset; then the
     values fitted to the data (`auto` anchors), the schedule and the bounded augmentation."""
     from pipeline.data import load_label_map, validate_dataset
-    from pipeline.data.analyze import UNCOVERED_WARNING, analyze, resolve_auto_anchors
+    from pipeline.data.analyze import UNCOVERED_WARNING, fit_auto
     from pipeline.training.device import ignored_on_cpu
     from pipeline.training.inputs import ensure_dataset
 
@@ -68,12 +67,9 @@ def resolve_job(config: PipelineConfig) -> ResolvedJob:
     ensure_dataset(config.data)
     report = validate_dataset(config.data.dir, check_images=config.data.check_images)
     report.raise_if_fatal()
-    analysis = analyze(config)
-    if config.model.needs_fit:
-        config = resolve_auto_anchors(config, analysis)
-        model = config.model.resolve()
-        notes.append(f"anchors fitted to the training boxes (auto): {describe(model)}")
-        analysis = analysis.for_model(model)  # the same boxes against the fitted anchors
+    config, choices, analysis = fit_auto(config)
+    model = config.model.resolve()  # at the fitted size and levels: the divisibility is checked again
+    notes += [f"auto: {choice.describe()}" for choice in choices]
     nominal, jittered = analysis.nominal.covered, analysis.jittered.covered
     if 1 - jittered > UNCOVERED_WARNING:
         notes.append(

@@ -62,6 +62,7 @@ class TrainState:
     metrics: dict[str, float] = field(default_factory=dict)  # of the last completed epoch
     best: BestEval | None = None  # None until an evaluation has run
     position: dict[str, int] | None = None  # `stream.Position` (step, epoch, batch); None in epoch-only checkpoints
+    schedule: dict[str, Any] | None = None  # `schedule.Schedule` as planned (a time budget's plan survives a resume)
 
     def eval_weights(self) -> dict[str, torch.Tensor]:
         """The weights to evaluate/deploy: the EMA when there is one."""

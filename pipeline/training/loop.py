@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 from pipeline.config import PipelineConfig, to_dict
+from pipeline.data.analyze import fit_auto
+from pipeline.training.budget import make_budget
 from pipeline.training.cadence import Interrupts, after_step, progress_snapshot
 from pipeline.training.checkpoint import BestEval, TrainState, load_checkpoint, save_checkpoint
 from pipeline.training.device import apply_backend_flags, device_settings, worker_cpus
@@ -76,8 +78,10 @@ def train_steps(
     on_progress: ProgressCallback | None = None,
     on_checkpoint: CheckpointCallback | None = None,
     interrupts: Interrupts | None = None,
+    end_step: Callable[[], int] | None = None,
 ) -> dict[str, float]:
-    """`num_steps` optimizer steps from `stream`; returns metrics averaged over all ranks' images. On rank 0,
+    """`num_steps` optimizer steps from `stream` (or, with `end_step`, steps until the step it returns, asked again
+    after each: a time budget may move the period's end); returns metrics averaged over all ranks' images. On rank 0,
     `on_progress(trainer, snapshot)` runs after a step at most every `train.log_every_seconds`; on every rank,
     `on_checkpoint(trainer, reason)` after a step where `after_step` says so (not after the last: the period's end
     saves), then `StopRequested` if it was a requested stop (`interrupts`: rank 0's poll, see `after_step`)."""
@@ -89,7 +93,11 @@ def train_steps(
     report_progress = on_progress is not None and interval is not None and rank_and_world()[0] == 0
     trainer.last_progress = trainer.last_progress or start
     trainer.last_checkpoint = trainer.last_checkpoint or start
-    for step_index in range(num_steps):
+    def more() -> bool:  # inside the period (`end_step`), or fewer than `num_steps` taken
+        return trainer.position.step < end_step() if end_step else taken < num_steps
+
+    taken = 0
+    while more():
         before = time.perf_counter()
         batches = stream.next_step()  # the loader's wait: what a starved GPU (or CPU) spends idle
         waited += time.perf_counter() - before
@@ -114,13 +122,16 @@ def train_steps(
             n = images.shape[0]
             sums += torch.cat([parts * n, torch.tensor([n], dtype=torch.float64)])
         _optimizer_step(trainer)
+        taken += 1
         trainer.position = Position(**stream.position.as_dict())
         if report_progress and time.perf_counter() - trainer.last_progress >= interval:
             trainer.last_progress = time.perf_counter()
             on_progress(trainer, progress_snapshot(trainer, sums, first_step, start, waited))
+        if trainer.budget is not None and (line := trainer.budget.after_step(trainer, time.perf_counter() - before)):
+            print(line, flush=True)
         maybe_inject_fault(trainer.config, step=trainer.position.step)
         after = after_step(trainer, interrupts)
-        if after.checkpoint and on_checkpoint is not None and step_index < num_steps - 1:
+        if after.checkpoint and on_checkpoint is not None and more():
             on_checkpoint(trainer, after.reason)
             trainer.last_checkpoint = time.perf_counter()
             if after.stop:
@@ -145,6 +156,7 @@ def train_steps(
         "train_images": images_total,  # over all ranks: shows every shard was trained on
         "images_per_s": images_total / max(seconds, 1e-9),
         "train_time_s": seconds,
+        "train_steps": taken,
         "data_wait_share": wait_share_max,  # of the period's wall time, on the rank that waited most
         **memory,
     }
@@ -187,6 +199,7 @@ def make_state(trainer: Trainer, metrics: dict[str, float]) -> TrainState:
         metrics=dict(metrics),
         best=trainer.best,
         position=trainer.position.as_dict(),
+        schedule=trainer.schedule.as_dict(),
     )
 
 
@@ -202,27 +215,38 @@ def run_schedule(
     on_progress: ProgressCallback | None = None,
     on_checkpoint: CheckpointCallback | None = None,
     interrupts: Interrupts | None = None,
+    deadline: float | None = None,
 ) -> dict[str, float]:
-    """Train from `trainer.position` to the end of its schedule; after each evaluation period: evaluate, then
+    """Train from `trainer.position` to the end of its schedule (`train.minutes`: planned to end by `deadline`,
+    a time.time(); default: the budget counts from now); after each evaluation period: evaluate, then
     `on_period_end(trainer, metrics)` (metrics hold `step`, `epoch` = steps / steps per epoch, losses, COCO);
     inside periods, `on_progress`, `on_checkpoint` and `interrupts` as `train_steps` says. Raises `StopRequested`
     after the checkpoint of a requested stop."""
-    schedule = trainer.schedule
     stream = BatchStream(
         train_loader,
         trainer.config.train.grad_accum_steps,
         trainer.position,
         on_epoch_start=lambda epoch: maybe_inject_fault(trainer.config, epoch=epoch + 1),
     )
-    assert (
-        stream.batches_per_epoch and optimizer_steps(stream.batches_per_epoch, stream.accum) == schedule.steps_per_epoch
+    assert stream.batches_per_epoch and (
+        optimizer_steps(stream.batches_per_epoch, stream.accum) == trainer.schedule.steps_per_epoch
     ), "the loader and the schedule disagree on the steps per epoch"
+    world = rank_and_world()[1]
+    trainer.budget = make_budget(trainer.config, deadline, len(val_loader.dataset), world, trainer.position.step)
     metrics: dict[str, float] = {}
-    for point in schedule.eval_points():
-        if point <= trainer.position.step:
-            continue  # done before a resume
-        metrics = train_steps(trainer, stream, point - trainer.position.step, on_progress, on_checkpoint, interrupts)
-        metrics = {"step": point, "epoch": round(point / schedule.steps_per_epoch, 4), **metrics}
+    while trainer.position.step < trainer.schedule.total_steps:
+        started = trainer.position.step
+        metrics = train_steps(
+            trainer,
+            stream,
+            0,
+            on_progress,
+            on_checkpoint,
+            interrupts,
+            end_step=lambda started=started: trainer.schedule.period_end(started),
+        )
+        point = trainer.position.step
+        metrics = {"step": point, "epoch": round(point / trainer.schedule.steps_per_epoch, 4), **metrics}
         start = time.perf_counter()
         postprocess = trainer.config.eval.postprocess()
         metrics.update(
@@ -230,11 +254,17 @@ def run_schedule(
         )
         metrics["eval_time_s"] = time.perf_counter() - start
         update_best(trainer, metrics)
-        if trainer.stop_after_period and point < schedule.total_steps:
+        if trainer.stop_after_period and point < trainer.schedule.total_steps:
             metrics["stopped_at_step"] = point  # this period's checkpoint is the stop's
         on_period_end(trainer, metrics)
         if "stopped_at_step" in metrics:
             raise StopRequested(point)
+        if trainer.budget is not None:  # the first evaluation's real cost (evaluation, report, checkpoint)
+            line = trainer.budget.after_period(
+                trainer, metrics["train_time_s"], int(metrics["train_steps"]), time.perf_counter() - start
+            )
+            if line:
+                print(line, flush=True)
         # the period's end printed its line and checkpointed: both intervals start again from here
         trainer.last_progress = trainer.last_checkpoint = time.perf_counter()
     return metrics
@@ -252,6 +282,9 @@ def fit(
     """
     torch.manual_seed(config.train.seed)  # the same initial weights as every Ray worker of the same config gets
     ensure_dataset(config.data)
+    if config.model.needs_fit or config.data.needs_fit:  # as `pipeline.plan.job.resolve_job` does for Ray runs
+        config, choices, _ = fit_auto(config)
+        print("\n".join(f"auto: {choice.describe()}" for choice in choices), flush=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     settings = device_settings(config, device, 1, worker_cpus(config, in_ray=False))
     apply_backend_flags(settings)

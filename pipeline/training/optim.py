@@ -4,6 +4,7 @@ weight decay on weights only, gradient-norm clipping."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -61,13 +62,15 @@ def warmup_cosine_factor(
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, schedule: Schedule
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, schedule: Callable[[], Schedule]
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-optimizer-step schedule (stepped after every optimizer step, not per epoch)."""
+    """A per-optimizer-step schedule (stepped after every optimizer step, not per epoch). `schedule()` is read at
+    every step: a time budget replaces the run's schedule once it has measured the step rate."""
 
     def factor(step: int) -> float:
+        current = schedule()
         return warmup_cosine_factor(
-            step, schedule.warmup_steps, schedule.total_steps, cfg.warmup_start_factor, cfg.min_lr_ratio
+            step, current.warmup_steps, current.total_steps, cfg.warmup_start_factor, cfg.min_lr_ratio
         )
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,8 +1,10 @@
 """The run's length and rhythm in optimizer steps: total steps, warm-up, evaluation points.
 
-A user gives `train.epochs` or `train.steps` (or neither: the length is then chosen from the dataset's size and
-the run header says why). Warm-up, the cosine decay and the EMA follow optimizer steps; evaluation (with its
-report and checkpoint) comes every `train.eval_every` epochs or steps, and always at the end.
+A user gives `train.epochs`, `train.steps` or `train.minutes` (or none: the length is then chosen from the
+dataset's size and the run header says why). With minutes, the length here is provisional: the run plans it from
+its measured step rate (`pipeline.training.budget`) and replaces the schedule with `with_total`. Warm-up, the
+cosine decay and the EMA follow optimizer steps; evaluation (with its report and checkpoint) comes every
+`train.eval_every` epochs or steps, and always at the end.
 """
 
 from __future__ import annotations
@@ -28,10 +30,18 @@ class Schedule:
     warmup_steps: int
     eval_period: int  # evaluate (report, checkpoint) every this many steps, and at total_steps
     length_reason: str  # how the length was chosen, for the run header
+    budget_plans: int = 0  # train.minutes: 0 = provisional, 1 = planned from the step rate, 2 = re-planned once
 
     @property
     def epochs(self) -> float:
         return self.total_steps / self.steps_per_epoch
+
+    def period_end(self, step: int) -> int:
+        """The first evaluation point after optimizer step `step` (the end of the period `step` is in)."""
+        return min(self.total_steps, (step // self.eval_period + 1) * self.eval_period)
+
+    def as_dict(self) -> dict[str, int | str]:
+        return dict(vars(self))
 
     def eval_points(self) -> list[int]:
         """The steps after which the run evaluates, reports and checkpoints."""
@@ -61,11 +71,21 @@ def optimizer_steps(batches: int, grad_accum_steps: int) -> int:
 def resolve_schedule(train: TrainConfig, optim: OptimConfig, steps_per_epoch: int) -> Schedule:
     """The schedule of a run whose epochs take `steps_per_epoch` optimizer steps."""
     total, reason = _length(train, steps_per_epoch)
+    return with_total(train, optim, steps_per_epoch, total, reason)
+
+
+def with_total(
+    train: TrainConfig, optim: OptimConfig, steps_per_epoch: int, total: int, reason: str, budget_plans: int = 0
+) -> Schedule:
+    """The schedule of `total` optimizer steps: warm-up and evaluation period follow from the config. Under a time
+    budget the warm-up is at most a quarter of the run (a short budget must not spend itself warming up)."""
     warmup = min(total - 1, round(optim.warmup_epochs * steps_per_epoch))
     if optim.warmup_steps is not None:
         warmup = min(total - 1, optim.warmup_steps)
+    if train.minutes is not None:
+        warmup = min(warmup, total // 4)
     period = _eval_period(train.eval_every, steps_per_epoch, total)
-    return Schedule(total, steps_per_epoch, max(0, warmup), period, reason)
+    return Schedule(total, steps_per_epoch, max(0, warmup), period, reason, budget_plans)
 
 
 def _length(train: TrainConfig, steps_per_epoch: int) -> tuple[int, str]:
@@ -73,6 +93,10 @@ def _length(train: TrainConfig, steps_per_epoch: int) -> tuple[int, str]:
         return train.steps, "train.steps"
     if train.epochs is not None:
         return train.epochs * steps_per_epoch, "train.epochs"
+    if train.minutes is not None:
+        return max(MIN_STEPS, AUTO_EPOCHS * steps_per_epoch), (
+            f"provisional: train.minutes={train.minutes:g} plans the length from the step rate of the first steps"
+        )
     by_epochs = AUTO_EPOCHS * steps_per_epoch
     if by_epochs >= MIN_STEPS:
         return by_epochs, f"chosen: {AUTO_EPOCHS} epochs (set train.epochs or train.steps to change it)"

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pipeline.config import PipelineConfig
+from pipeline.training.budget import TimeBudget
 from pipeline.training.checkpoint import BestEval, TrainState
 from pipeline.training.device import DeviceSettings, device_settings, worker_cpus
 from pipeline.training.distributed import rank_and_world
@@ -38,6 +39,7 @@ class Trainer:
     last_progress: float = 0.0  # perf_counter() of the last progress callback (rank 0)
     last_checkpoint: float = 0.0  # perf_counter() of the last checkpoint (rank 0's decides for all)
     stop_after_period: bool = False  # a stop was requested on a period's last step: its end checkpoints first
+    budget: TimeBudget | None = None  # train.minutes: plans `schedule` from the measured step rate
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -89,17 +91,21 @@ def build_trainer(
     global_batch = config.data.batch_size * world * config.train.grad_accum_steps
     lr = scaled_lr(config.optim, global_batch)
     optimizer = build_optimizer(model, config.optim, lr, fused=settings.fused_optimizer)
-    scheduler = build_scheduler(optimizer, config.optim, schedule)
+    built: list[Trainer] = []  # the lr follows the trainer's schedule, which a time budget replaces once measured
+    scheduler = build_scheduler(optimizer, config.optim, lambda: built[0].schedule if built else schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=settings.grad_scaler)
     trainer = Trainer(
         config, model, train_module, optimizer, scheduler, scaler, ema, settings, label_map, schedule, None, Position()
     )
+    built.append(trainer)
     if resume is not None:
         _restore(trainer, resume)
     return trainer
 
 
 def _restore(trainer: Trainer, state: TrainState) -> None:
+    if state.schedule is not None and trainer.config.train.minutes is not None:
+        trainer.schedule = Schedule(**state.schedule)  # a time budget's plan: the resumed run keeps it
     if trainer.ema is not None and state.ema is not None:
         trainer.ema.load_state_dict(state.ema)
     if state.optimizer is not None:

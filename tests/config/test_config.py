@@ -16,7 +16,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / name)
     assert config.ray.num_workers == 2
-    assert config.model.image_size % 128 == 0
+    size = config.model.image_size
+    assert size == "auto" or size % 128 == 0  # the main job fits it to the demo boxes
 
 
 def test_overrides_are_coerced_to_field_types():

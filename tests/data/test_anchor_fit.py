@@ -109,6 +109,9 @@ def test_analyze_reports_and_auto_resolves_the_scale(small_object_dataset):
             "model.pretrained_backbone=null",
             "model.anchor_scale=auto",
             "model.anchor_ratios=auto",
+            "model.min_level=3",  # the official levels: the analysis is of the anchors alone
+            "model.max_level=7",
+            "data.augment=default",
         ],
     )
     analysis = analyze(config)

@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 import torch
 import torch.distributed as dist
+from tiny_run import without_auto
 
 from pipeline.config import replace
 from pipeline.training.device import DeviceSettings, device_settings
@@ -42,6 +43,7 @@ class _OneBatchLoader:
 
 def _trainer(config, settings: DeviceSettings):
     torch.manual_seed(0)
+    config = without_auto(config)
     return build_trainer(config, LABEL_MAP, resolve_schedule(config.train, config.optim, 2), settings)
 
 
@@ -80,7 +82,7 @@ def test_auto_resolves_per_device(tiny_config, monkeypatch):
 def test_a_gpu_configured_loader_has_processes_pinned_memory_and_prefetch(tiny_config, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     settings = device_settings(replace(tiny_config, ray={"use_gpu": True}), CUDA, world_size=1, cpus=3)
-    inputs = build_loaders(tiny_config, settings=settings)
+    inputs = build_loaders(without_auto(tiny_config), settings=settings)
     loader = inputs.train_loader
     assert (loader.num_workers, loader.pin_memory, loader.prefetch_factor) == (2, True, 4)
     assert loader.persistent_workers and inputs.val_loader.num_workers == 2

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 import torch.distributed as dist
+from tiny_run import without_auto
 
 from pipeline.config import replace
 from pipeline.training.device import device_settings
@@ -41,6 +42,7 @@ class _Loader:
 def _trainer(config, **changes):
     settings = dataclasses.replace(device_settings(config, torch.device("cuda"), 1, 4), **changes)
     torch.manual_seed(0)
+    config = without_auto(config)
     return build_trainer(config, LABEL_MAP, resolve_schedule(config.train, config.optim, 2), settings)
 
 

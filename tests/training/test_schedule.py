@@ -54,7 +54,7 @@ def test_evaluation_points_in_either_unit(eval_every, expected):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["train.epochs=3", "train.steps=100"], "not both"),
+        (["train.epochs=3", "train.steps=100"], "give one of train.epochs, train.steps or train.minutes"),
         (["train.eval_every=3 weeks"], "train.eval_every='3 weeks'"),
         (["train.eval_every=0"], "train.eval_every='0'"),
         (["train.steps=0"], "train.steps=0"),
@@ -71,7 +71,7 @@ def test_warmup_and_cosine_follow_optimizer_steps():
     schedule = resolve_schedule(TrainConfig(steps=50), optim, steps_per_epoch=7)  # epochs of 7 steps do not matter
     net = torch.nn.Linear(2, 2)
     opt = build_optimizer(net, optim, lr=0.1)
-    sched = build_scheduler(opt, optim, schedule)
+    sched = build_scheduler(opt, optim, lambda: schedule)
     lrs = []
     for _ in range(50):
         lrs.append(opt.param_groups[0]["lr"])

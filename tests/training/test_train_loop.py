@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_run import without_auto
 from torch import nn
 
 from pipeline.config import replace
@@ -51,7 +52,7 @@ class _NanAtCall(nn.Module):
 
 def _trainer(config, steps_per_epoch: int):
     schedule = resolve_schedule(config.train, config.optim, steps_per_epoch)
-    return build_trainer(config, LABEL_MAP, schedule, torch.device("cpu"))
+    return build_trainer(without_auto(config), LABEL_MAP, schedule, torch.device("cpu"))
 
 
 def test_nan_loss_raises_naming_step_epoch_and_batch(tiny_config):
