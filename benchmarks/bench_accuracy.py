@@ -28,11 +28,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.config.data import SYNTH_PRESETS  # noqa: E402  (after the path)
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset directory (written with --preset if absent)")
-    parser.add_argument("--preset", default="dense", choices=("shapes", "dense"))
+    parser.add_argument("--preset", default="dense", choices=SYNTH_PRESETS)
     parser.add_argument("--images", type=int, default=300, help="images when the dataset is generated")
     parser.add_argument(
         "--size",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.config.data import SYNTH_PRESETS
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="create, import and validate dataset directories")
@@ -16,13 +18,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--out", required=True, help="dataset directory to create")
     synth.add_argument(
         "--preset",
-        choices=("shapes", "dense"),
+        choices=SYNTH_PRESETS,
         default="shapes",
         help="shapes: the demo (1-6 shapes of 3 classes per image); dense: 15-60 small overlapping objects of 5 "
-        "classes (8-40 px at 384 px) on a textured background",
+        "classes (8-40 px at 384 px) on a textured background; overhead: a scene seen from above (cars and trucks "
+        "of 7-26 px at 512 px in rows at any heading, tree crowns, buildings, shadows)",
     )
     synth.add_argument("--images", type=int, default=400, help="number of images (default 400)")
-    synth.add_argument("--size", type=int, default=None, help="image side in px (default: 256 shapes, 384 dense)")
+    synth.add_argument(
+        "--size", type=int, default=None, help="image side in px (default: 256 shapes, 384 dense, 512 overhead)"
+    )
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--val-fraction", type=float, default=0.2)
     synth.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

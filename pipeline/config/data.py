@@ -8,6 +8,8 @@ from pipeline.config.augment import parse_augment
 from pipeline.config.checks import ConfigError, at_least_or_null, check, choice, parse_image_check
 from pipeline.config.model import AUTO
 
+SYNTH_PRESETS = ("shapes", "dense", "overhead")  # `pipeline.data.synth.PRESETS`, named here for config checks
+
 VIEWS = ("auto", "overhead", "side")
 
 
@@ -54,7 +56,7 @@ class DataConfig:
             parse_image_check(self.check_images)
         except ValueError as e:
             raise ConfigError(f"data.check_images: {e}") from None
-        choice("data.synth_preset", self.synth_preset, ("shapes", "dense"))
+        choice("data.synth_preset", self.synth_preset, SYNTH_PRESETS)
         check(self.synth_images >= 2, "data.synth_images", self.synth_images, "must be >= 2")
         check(self.synth_size >= 32, "data.synth_size", self.synth_size, "must be >= 32")
         check(0 < self.synth_val_fraction < 1, "data.synth_val_fraction", self.synth_val_fraction, "must be in (0, 1)")

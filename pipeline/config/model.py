@@ -33,8 +33,8 @@ class ModelConfig:
 
     variant: str = "lite0"
     # square input side, divisible by 2**max_level (128); null = official; auto: fitted to the training boxes (the
-    # median box made at least 24 px at the input, the small ones 12 px, within max_image_size; large boxes
-    # downscale): pipeline/data/auto_fit.py
+    # median box made 16 px at the input, the 10th percentile 8 px, within max_image_size; never below the
+    # official size unless the images are smaller): pipeline/data/auto_fit.py
     image_size: int | str | None = AUTO
     max_image_size: int | None = None  # the largest size `image_size: auto` may choose; null = 2x the official
     # a weights file, "imagenet" (offline ImageNet weights: Lite0-2), "timm" (Hugging Face cache) or null (random)

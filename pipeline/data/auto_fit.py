@@ -7,8 +7,8 @@ ONNX graph carry them.
 
     image_size   the size at which the median training box is TARGET_MEDIAN_PX and the small ones (10th percentile)
                  TARGET_SMALL_PX, in steps of 128, at most the smaller of 2x the images' own size and
-                 `model.max_image_size` (default 2x the variant's official size), at least the smaller of the
-                 images' size and the official one: small boxes upsample, large boxes downscale
+                 `model.max_image_size` (default 2x the variant's official size), at least the official size (the
+                 images' own when smaller): small boxes upsample, large ones keep the official downscale
     min_level    one level lower (stride 4) when it gives an anchor at IoU >= 0.5 to LEVEL_GAIN more of the boxes;
                  one higher when the lowest level matches almost none
     max_level    top levels dropped while they match almost no box (fewer than EMPTY_LEVEL positives per box)
@@ -90,9 +90,10 @@ def choose_image_size(config: PipelineConfig, records) -> Choice:
         return Choice("model.image_size", official, "no training boxes to fit: the variant's official size")
     median, small = float(np.median(relative)), float(np.quantile(relative, 0.1))
     wanted = max(TARGET_MEDIAN_PX / median, TARGET_SMALL_PX / small)
-    lower = max(MIN_IMAGE_SIZE, min(_round_size(official), _round_size(longer)))
+    # never below the official size unless the images are smaller: large boxes then take the official one
+    lower = official if longer >= official else max(MIN_IMAGE_SIZE, _round_size(longer))
     upper = max(lower, min(_round_size(cap), _round_size(2 * longer)))
-    size = min(upper, max(lower, _round_size(wanted)))
+    size = lower if _round_size(wanted) <= lower else min(upper, _round_size(wanted))
     at = lambda s: f"median box {median * s:.0f} px, 10th percentile {small * s:.0f} px"  # noqa: E731
     reason = f"at {size} px the {at(size)} (targets {TARGET_MEDIAN_PX:.0f} and {TARGET_SMALL_PX:.0f} px"
     if size < _round_size(wanted):

@@ -1,10 +1,12 @@
-"""Deterministic synthetic datasets, in two presets.
+"""Deterministic synthetic datasets, in three presets.
 
 `shapes` (the demo): three classes (red circles, green squares, blue triangles) at scales from tiny to large,
 with overlaps (boxes are tight around the visible part; mostly hidden objects are left out), distractor blobs
 and lines in muted colours. Learnable on a 2-core CPU within minutes.
 `dense` (`pipeline.data.synth_dense`): many small overlapping objects of five classes on a textured background,
 for developing and testing small-object detection.
+`overhead` (`pipeline.data.synth_overhead`): a scene seen from above (vehicles in rows at any heading, tree crowns,
+buildings, shadows on a terrain texture), like an orthophoto.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from pipeline.data.layout import annotation_path, atomic_output_dir, images_dir, write_json
 from pipeline.data.synth_dense import DENSE_CLASSES, draw_geometry, render_dense_image
+from pipeline.data.synth_overhead import OVERHEAD_CLASSES, render_overhead_image
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle")
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = ((220, 40, 40), (40, 200, 60), (50, 80, 230))
@@ -56,6 +59,7 @@ def _render_shapes(rng: np.random.Generator, size: int):
 PRESETS: dict[str, Preset] = {
     "shapes": Preset(CLASSES, _render_shapes, 256, "shape"),
     "dense": Preset(DENSE_CLASSES, render_dense_image, 384, "dense"),
+    "overhead": Preset(OVERHEAD_CLASSES, render_overhead_image, 512, "overhead"),
 }
 
 

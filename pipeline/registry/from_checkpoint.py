@@ -26,6 +26,8 @@ def model_from_state(state: TrainState, weights: str = "best") -> tuple[Efficien
         label_map = LabelMap.from_dict(state.label_map)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint of epoch {state.epoch}: unusable model config or label map: {e}") from None
+    if model_config.needs_fit:  # training saves the fitted values: `auto` here means the file was not written by it
+        raise CheckpointError(f"checkpoint of epoch {state.epoch}: its model config still has `auto` values")
     model = model_config.build(label_map.num_classes, pretrained=False)
     try:
         model.load_state_dict(state_dict, strict=True)

@@ -93,6 +93,7 @@ def train_steps(
     report_progress = on_progress is not None and interval is not None and rank_and_world()[0] == 0
     trainer.last_progress = trainer.last_progress or start
     trainer.last_checkpoint = trainer.last_checkpoint or start
+
     def more() -> bool:  # inside the period (`end_step`), or fewer than `num_steps` taken
         return trainer.position.step < end_step() if end_step else taken < num_steps
 

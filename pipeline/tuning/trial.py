@@ -72,10 +72,11 @@ def run_trial(params: dict[str, Any], ctx: SearchContext) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     config = ctx.trial_config(params, trial_id)
-    if config.model.needs_fit:  # `auto` anchors, fitted to this trial's model (its input size may differ)
-        from pipeline.data.analyze import analyze, resolve_auto_anchors
+    if config.model.needs_fit or config.data.needs_fit:  # fitted to this trial's model (the space may set its size)
+        from pipeline.data.analyze import fit_auto
 
-        config = resolve_auto_anchors(config, analyze(config))
+        config, choices, _ = fit_auto(config)
+        print(f"trial {trial_id}: " + "; ".join(f"{c.key}={c.value}" for c in choices), flush=True)
     run = child_run(ctx, config, trial_id, params)
     trainer = build_torch_trainer(config, trial_id, run, callbacks=[TuneReportCallback()], report_cost=True)
     try:

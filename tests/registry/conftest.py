@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import effdet_core as E
+from pipeline.config.model import AUTO_KEYS
 from pipeline.data import LabelMap, write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +45,8 @@ def tiny_state(seed: int, ap: float):
 
     model = tiny_model(seed)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    model_cfg = {"variant": "lite0", "pretrained_backbone": None, **TINY}
+    fitted = {key: None for key in AUTO_KEYS}  # training saves fitted values, never `auto`
+    model_cfg = {"variant": "lite0", "pretrained_backbone": None, **fitted, **TINY}
     metrics = {"epoch": 2, "val_AP": ap, "val_AP50": min(1.0, 2 * ap)}
     return TrainState(
         epoch=2,

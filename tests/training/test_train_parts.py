@@ -92,7 +92,8 @@ def test_warmup_then_cosine(name):
     net = _small_net()
     net(torch.zeros(1, 3, 5, 5))
     opt = build_optimizer(net, cfg, lr=0.1)
-    sched = build_scheduler(opt, cfg, resolve_schedule(TrainConfig(epochs=5), cfg, steps_per_epoch=10))
+    schedule = resolve_schedule(TrainConfig(epochs=5), cfg, steps_per_epoch=10)
+    sched = build_scheduler(opt, cfg, lambda: schedule)
     lrs = []
     for _ in range(50):
         lrs.append(opt.param_groups[0]["lr"])
