@@ -13,8 +13,10 @@ class ConfigError(ValueError):
 EVAL_EVERY_PATTERN = re.compile(r"^\s*(\d+)\s*(epochs?|steps?)?\s*$")
 
 
-def parse_eval_every(value: str) -> tuple[int, str] | None:
-    """`"3"`, `"3 epochs"`, `"500 steps"` -> (count, "epochs" | "steps"); `"auto"` -> None. ValueError otherwise."""
+def parse_eval_every(value: str | int) -> tuple[int, str] | None:
+    """`"3"` (or 3), `"3 epochs"`, `"500 steps"` -> (count, "epochs" | "steps"); `"auto"` -> None. ValueError
+    otherwise."""
+    value = str(value)
     if value.strip() == "auto":
         return None
     match = EVAL_EVERY_PATTERN.match(value)

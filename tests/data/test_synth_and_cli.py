@@ -146,6 +146,25 @@ def test_dense_preset_has_many_small_overlapping_objects_of_five_classes(tmp_pat
     assert overlapping_pair(anns)
 
 
+def test_overhead_preset_looks_seen_from_above_with_many_small_vehicles(tmp_path):
+    from pipeline.config.data import SYNTH_PRESETS
+    from pipeline.data.auto_fit import judge_view
+    from pipeline.data.coco_index import load_split
+    from pipeline.data.synth import PRESETS
+
+    assert tuple(PRESETS) == SYNTH_PRESETS  # the config's check names every preset
+    a = write_synthetic_dataset(tmp_path / "a", num_images=10, size=512, seed=3, preset="overhead", val_fraction=0.2)
+    b = write_synthetic_dataset(tmp_path / "b", num_images=10, size=512, seed=3, preset="overhead", val_fraction=0.2)
+    assert (a / "annotations" / "train.json").read_bytes() == (b / "annotations" / "train.json").read_bytes()
+    assert validate_dataset(a).problems == []
+    anns = annotations(a)
+    sides = np.sqrt(np.array([x["bbox"][2] * x["bbox"][3] for x in anns]))
+    by_class = np.bincount([x["category_id"] for x in anns], minlength=5)[1:]  # car, truck, tree, building
+    assert by_class[0] == by_class.max() and by_class.min() > 0  # cars outnumber the rest, every class appears
+    assert np.median(sides) < 16 and sides.max() > 40  # mostly small, sizes varied
+    assert judge_view(load_split(a, "train")[2])[0] == "overhead"
+
+
 def test_cli_synth_dense_then_analyze(tmp_path, capsys, check_plot):
     out = tmp_path / "dense"
     assert run_cli("synth", "--preset", "dense", "--out", str(out), "--images", "8") == 0
