@@ -24,6 +24,7 @@ _LENGTH = {
     "building": (24 / 512, 64 / 512),
 }
 _ASPECT = {"car": (0.45, 0.6), "truck": (0.35, 0.45), "tree": (0.85, 1.15), "building": (0.5, 1.0)}
+_HEIGHT = {"car": 0.25, "truck": 0.35, "tree": 0.5, "building": 0.4}  # object height relative to its length
 
 
 def render_overhead_image(
@@ -69,7 +70,7 @@ def _place(draw, rng, size, name, centre, shadow, heading=None) -> tuple[int, li
     width = length * rng.uniform(*_ASPECT[name])
     heading = rng.uniform(0, np.pi) if heading is None else heading + rng.normal(0, 0.08)
     cx, cy = np.clip(centre, 0, size)
-    height = {"car": 0.25, "truck": 0.35, "tree": 0.5, "building": 0.4}[name] * length
+    height = _HEIGHT[name] * length  # how far its shadow falls
     if name == "tree":
         half = length / 2
         geometry = [cx - half, cy - half * width / length, cx + half, cy + half * width / length]
