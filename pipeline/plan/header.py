@@ -35,6 +35,7 @@ def header_lines(job: ResolvedJob, command: str = "train") -> list[str]:
         f"anchors: scale {anchors['anchor_scale']}, ratios {anchors['anchor_ratios']}, P{anchors['min_level']}-"
         f"P{anchors['max_level']}: {job.coverage[0]:.0%} of the boxes have an anchor at IoU >= 0.5 "
         f"({job.coverage[1]:.0%} under scale jitter)",
+        *(f"auto: {fitted}" for fitted in job.fitted),
         f"schedule: {s.describe()}",
         f"optimizer: {cfg.optim.name}, lr {scaled_lr(cfg.optim, global_batch):.3g} at a global batch of "
         f"{global_batch} ({cfg.ray.num_workers} workers x {cfg.data.batch_size}"

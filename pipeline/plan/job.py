@@ -31,6 +31,7 @@ class ResolvedJob:
     coverage: tuple[float, float]  # share of training boxes with an anchor at IoU >= 0.5: nominal, under jitter
     analysis: Any  # pipeline.data.analyze.Analysis of the training boxes (for the anchor plot)
     notes: tuple[str, ...]  # what the header must say besides the facts (ignored settings, warnings)
+    fitted: tuple[str, ...] = ()  # each `auto` value fitted to the data: "key=value: why"
     datasets: tuple[tracking.DatasetSplit, ...] = ()  # each split by reference: source, fingerprint, sizes
 
 
@@ -69,7 +70,6 @@ def resolve_job(config: PipelineConfig) -> ResolvedJob:
     report.raise_if_fatal()
     config, choices, analysis = fit_auto(config)
     model = config.model.resolve()  # at the fitted size and levels: the divisibility is checked again
-    notes += [f"auto: {choice.describe()}" for choice in choices]
     nominal, jittered = analysis.nominal.covered, analysis.jittered.covered
     if 1 - jittered > UNCOVERED_WARNING:
         notes.append(
@@ -92,6 +92,7 @@ def resolve_job(config: PipelineConfig) -> ResolvedJob:
         coverage=(nominal, jittered),
         analysis=analysis,
         notes=tuple(notes),
+        fitted=tuple(choice.describe() for choice in choices),
         datasets=dataset_splits(config.data.dir, report.num_images, report.num_annotations),
     )
 

@@ -145,3 +145,21 @@ def test_the_run_header_names_the_ray_it_will_use(tiny_config, monkeypatch):
     assert " on RAY_ADDRESS=10.0.0.7:6379; " in "\n".join(header_lines(job))
     named = dataclasses.replace(job, config=replace(tiny_config, ray={"address": "ray://head:10001"}))
     assert " on ray://head:10001; " in "\n".join(header_lines(named))
+
+
+def test_the_run_header_says_each_fitted_value_and_why_beside_the_anchors(tiny_config):
+    from pipeline.config import replace
+    from pipeline.plan.header import header_lines
+    from pipeline.plan.job import resolve_job
+
+    lines = header_lines(resolve_job(replace(tiny_config, model={"image_size": "auto"})))
+    fitted = [line for line in lines if line.startswith("auto: ")]
+    keys = [line.split("=")[0].removeprefix("auto: ") for line in fitted]
+    assert {"model.image_size", "model.min_level", "model.max_level", "data.augment"} <= set(keys), lines
+    assert all(": " in line.removeprefix("auto: ") for line in fitted)  # each with its reason
+    first = lines.index(fitted[0])
+    assert lines[first - 1].startswith("anchors: ") and lines[first + len(fitted)].startswith("schedule: ")
+    pinned = header_lines(resolve_job(replace(tiny_config, model={"min_level": 3}, data={"augment": "default"})))
+    assert not any(
+        line.startswith(("auto: model.image_size", "auto: model.min_level", "auto: data.augment")) for line in pinned
+    )
