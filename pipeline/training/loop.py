@@ -260,7 +260,7 @@ def run_schedule(
         on_period_end(trainer, metrics)
         if "stopped_at_step" in metrics:
             raise StopRequested(point)
-        if trainer.budget is not None:  # the first evaluation's real cost (evaluation, report, checkpoint)
+        if trainer.budget is not None:  # this period's real costs (steps; evaluation, report, checkpoint)
             line = trainer.budget.after_period(
                 trainer, metrics["train_time_s"], int(metrics["train_steps"]), time.perf_counter() - start
             )

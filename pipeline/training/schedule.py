@@ -30,7 +30,7 @@ class Schedule:
     warmup_steps: int
     eval_period: int  # evaluate (report, checkpoint) every this many steps, and at total_steps
     length_reason: str  # how the length was chosen, for the run header
-    budget_plans: int = 0  # train.minutes: 0 = provisional, 1 = planned from the step rate, 2 = re-planned once
+    budget_plans: int = 0  # train.minutes: 0 = provisional, then how often planned from the measured rate
 
     @property
     def epochs(self) -> float:
