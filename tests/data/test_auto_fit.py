@@ -58,6 +58,20 @@ def test_large_boxes_keep_the_official_size_and_small_images_their_own():
     assert config.model.image_size == 256
 
 
+def test_a_time_budget_takes_the_smallest_size_at_which_the_boxes_stay_resolvable():
+    """Under train.minutes a run is step-limited: 6-10 px boxes in 512 px images keep 512 (the median box 8 px)
+    instead of upsampling to 640; large boxes go down to the smallest size; a pinned size stays pinned."""
+    small = dataset((6, 10), 512)
+    config, choices = fitted(small, "train.minutes=5")
+    assert config.model.image_size == 512 and "without a budget 640 px" in chosen_reason(choices, "model.image_size")
+    config, _ = fitted(dataset((150, 400), 1024), "train.minutes=5")
+    assert config.model.image_size == 256
+    config, _ = fitted(dataset((3, 5), 256), "train.minutes=5")  # below resolvable anywhere: the fitted cap
+    assert config.model.image_size == fitted(dataset((3, 5), 256))[0].model.image_size
+    config, choices = fitted(small, "train.minutes=5", "model.image_size=640")
+    assert config.model.image_size == 640 and "model.image_size" not in chosen(choices)
+
+
 def test_a_stride_4_level_is_added_only_for_boxes_below_the_p3_anchors():
     small, _ = fitted(dataset((8, 14), 384), "model.image_size=384")
     assert small.model.min_level == 2
