@@ -33,8 +33,9 @@ from pipeline.config import AUTO, PipelineConfig, replace
 from pipeline.data.anchor_fit import anchor_stats, jitter_scales, records_input_boxes
 
 # the median box within reach of a stride-4 level's anchors (Lite: 12-19 px), the small ones (10th percentile)
-# at least covered by them (IoU >= 0.5 needs 0.7x the anchor side). A stride-4 level costs far less than a larger
-# input (measured on CPU, Lite0 at 384 px: P2-P4 0.68 s per step of 4 images, P3-P7 0.83; 512 px P3-P7 1.56 s)
+# at least covered by them (IoU >= 0.5 needs 0.7x the anchor side). A stride-4 level costs less than a larger input
+# (Lite0 on one CPU thread, a step of 4 images with 60 boxes each: 256 px P3-P7 0.50 s, P2-P4 0.63 s; 384 px P3-P7
+# 1.02 s, P2-P4 1.32 s)
 TARGET_MEDIAN_PX = 16.0
 TARGET_SMALL_PX = 8.0
 SIZE_STEP = 128  # sizes divisible by 2**7, whatever the levels
