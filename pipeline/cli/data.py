@@ -1,4 +1,5 @@
-"""The `data` subcommand: `synth` (synthetic datasets), `import-voc` (Pascal VOC), `validate` and `analyze` (boxes
+"""The `data` subcommand: `synth` (synthetic datasets), `import-voc` (Pascal VOC), `import-yolo` / `export-yolo`
+(the Ultralytics and Darknet layouts), `validate` and `analyze` (boxes
 against the model's anchors)."""
 
 from __future__ import annotations
@@ -40,6 +41,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     voc.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     voc.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     voc.set_defaults(func=_import_voc)
+
+    yolo = actions.add_parser("import-yolo", help="convert a YOLO dataset (Ultralytics data.yaml, or flat Darknet)")
+    yolo.add_argument("yolo_dir", help="a folder holding data.yaml, the data.yaml itself, or a flat Darknet folder")
+    yolo.add_argument("--out", required=True, help="dataset directory to create")
+    yolo.add_argument("--names", default=None, help="class names file, one per line (flat layout; default: found)")
+    yolo.add_argument("--val-fraction", type=float, default=0.2, help="used only where no val split is given")
+    yolo.add_argument("--seed", type=int, default=0, help="seed of that train/val split")
+    yolo.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    yolo.set_defaults(func=_import_yolo)
+
+    export = actions.add_parser("export-yolo", help="write a dataset directory in the Ultralytics YOLO layout")
+    export.add_argument("dataset_dir", help="a local dataset directory")
+    export.add_argument("--out", required=True, help="folder to create (images/, labels/, data.yaml)")
+    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    export.set_defaults(func=_export_yolo)
 
     validate = actions.add_parser("validate", help="report every problem of a dataset directory or bucket prefix")
     validate.add_argument("dataset_dir", help="a local directory or an object-store prefix (s3://bucket/set, gs://...)")
@@ -86,6 +102,26 @@ def _import_voc(args: argparse.Namespace) -> int:
         print(report.summary())
 
     return _run(run, f"imported {args.voc_dir} to {args.out}")
+
+
+def _import_yolo(args: argparse.Namespace) -> int:
+    from pipeline.data.yolo import import_yolo
+
+    def run() -> None:
+        report = import_yolo(args.yolo_dir, args.out, args.names, args.val_fraction, args.seed, args.overwrite)
+        for problem in report.problems:
+            print(problem)
+        print(report.summary())
+
+    return _run(run, f"imported {args.yolo_dir} to {args.out}")
+
+
+def _export_yolo(args: argparse.Namespace) -> int:
+    from pipeline.data.yolo import export_yolo
+
+    return _run(
+        lambda: print(export_yolo(args.dataset_dir, args.out, args.overwrite).summary()), f"exported to {args.out}"
+    )
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 See docs/ARCHITECTURE.md ("pipeline.data") for the item format shared with the training loop.
 
 Owns: `layout` (the directory format, label map), `storage` (local paths and object stores), `decode`,
-`validate`, `coco_index`, importers (`voc`), demo sets (`synth`, `synth_dense`), `transforms` (albumentations),
+`validate`, `coco_index`, importers (`voc`, `yolo` with `yolo_labels`), demo sets (`synth`, `synth_dense`), `transforms` (albumentations),
 `samplers`, `dataset`, `loader` (and the optional `ray_engine`, the only Ray below `pipeline.cluster`),
 `fingerprint`, `anchor_fit` and `analyze`. May import: `pipeline.config`, `pipeline.uri`, `effdet_core`.
 
@@ -44,6 +44,8 @@ _EXPORTS: dict[str, str] = {
     "ValidationReport": "validate",
     "validate_dataset": "validate",
     "import_voc": "voc",
+    "export_yolo": "yolo",
+    "import_yolo": "yolo",
 }
 
 __all__ = sorted(_EXPORTS)
