@@ -36,19 +36,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     voc = actions.add_parser("import-voc", help="convert a folder of Pascal VOC XML files + images")
     voc.add_argument("voc_dir", help="folder searched recursively for *.xml (images beside them or in JPEGImages/)")
-    voc.add_argument("--out", required=True, help="dataset directory to create")
-    voc.add_argument("--val-fraction", type=float, default=0.2)
-    voc.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
-    voc.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_import_arguments(voc, "")
     voc.set_defaults(func=_import_voc)
 
     yolo = actions.add_parser("import-yolo", help="convert a YOLO dataset (Ultralytics data.yaml, or flat Darknet)")
     yolo.add_argument("yolo_dir", help="a folder holding data.yaml, the data.yaml itself, or a flat Darknet folder")
-    yolo.add_argument("--out", required=True, help="dataset directory to create")
     yolo.add_argument("--names", default=None, help="class names file, one per line (flat layout; default: found)")
-    yolo.add_argument("--val-fraction", type=float, default=0.2, help="used only where no val split is given")
-    yolo.add_argument("--seed", type=int, default=0, help="seed of that train/val split")
-    yolo.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_import_arguments(yolo, " (used only where the data.yaml gives no val split)")
     yolo.set_defaults(func=_import_yolo)
 
     export = actions.add_parser("export-yolo", help="write a dataset directory in the Ultralytics YOLO layout")
@@ -78,6 +72,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(analyze)
     analyze.add_argument("--plot", default=None, metavar="PNG", help="also draw box sizes against anchor sizes")
     analyze.set_defaults(func=_analyze)
+
+
+def _add_import_arguments(parser: argparse.ArgumentParser, split_note: str) -> None:
+    parser.add_argument("--out", required=True, help="dataset directory to create")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help=f"share of images for val{split_note}")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def _synth(args: argparse.Namespace) -> int:
