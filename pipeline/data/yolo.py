@@ -10,6 +10,7 @@ left out of an export, and it says how many. The layouts read and the rules for 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -72,7 +73,7 @@ def _train_val(read: dict[str, list[YoloImage]], val_fraction: float, seed: int)
 
 
 def _write_splits(out: Path, splits: dict[str, list[YoloImage]], categories: list[dict]) -> None:
-    image_ids, ann_ids = iter(range(1, 1 << 62)), iter(range(1, 1 << 62))
+    image_ids, ann_ids = itertools.count(1), itertools.count(1)
     seen: dict[str, Path] = {}
     for split, images in splits.items():
         data: dict[str, list] = {"images": [], "annotations": [], "categories": categories}

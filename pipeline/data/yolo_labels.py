@@ -21,7 +21,6 @@ centre lies near an edge may reach past it; it is clipped to the image, as the t
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,4 +271,4 @@ def _find_names_file(root: Path) -> Path:
 
 def relative_label_name(file_name: str) -> str:
     """The label file's path for an image's file name (``train/a.jpg`` -> ``train/a.txt``)."""
-    return os.fspath(Path(file_name).with_suffix(".txt").as_posix())
+    return Path(file_name).with_suffix(".txt").as_posix()
