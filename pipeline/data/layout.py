@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.data import storage
 from pipeline.data.storage import DatasetError as DatasetError  # re-exported: the dataset error type
 from pipeline.data.storage import Location
@@ -133,6 +135,15 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> It
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def val_indices(count: int, val_fraction: float, seed: int) -> set[int]:
+    """The importers' train/val split: a seeded permutation's first ``val_fraction`` of ``count`` items, at least
+    one and never all of them (where ``val_fraction > 0`` and there are two or more), the same for the same seed."""
+    num_val = round(count * val_fraction)
+    if val_fraction > 0 and count > 1:
+        num_val = min(count - 1, max(1, num_val))
+    return set(np.random.default_rng(seed).permutation(count)[:num_val].tolist())
 
 
 def write_json(path: Path, data: Any) -> None:

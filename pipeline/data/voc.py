@@ -16,10 +16,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from pipeline.data.layout import DatasetError, annotation_path, atomic_output_dir, images_dir, write_json
+from pipeline.data.layout import (
+    DatasetError,
+    annotation_path,
+    atomic_output_dir,
+    images_dir,
+    val_indices,
+    write_json,
+)
 from pipeline.data.validate import ValidationReport, validate_dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -63,15 +69,12 @@ def import_voc(
     names = sorted({obj.name for im in images for obj in im.objects})
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(names)]
     cat_ids = {c["name"]: c["id"] for c in categories}
-    num_val = round(len(images) * val_fraction)
-    if val_fraction > 0 and len(images) > 1:
-        num_val = min(len(images) - 1, max(1, num_val))
-    val_indices = set(np.random.default_rng(seed).permutation(len(images))[:num_val].tolist())
+    in_val = val_indices(len(images), val_fraction, seed)
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         splits = {"train": _empty_split(categories), "val": _empty_split(categories)}
         ann_ids = itertools.count(1)
         for index, image in enumerate(images):
-            split = splits["val" if index in val_indices else "train"]
+            split = splits["val" if index in in_val else "train"]
             _add_image(split, tmp, voc_dir, image, index + 1, cat_ids, ann_ids)
         for name, split in splits.items():
             write_json(annotation_path(tmp, name), split)

@@ -17,11 +17,18 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from pipeline.data import storage
-from pipeline.data.layout import SPLITS, DatasetError, annotation_path, atomic_output_dir, images_dir, write_json
+from pipeline.data.layout import (
+    SPLITS,
+    DatasetError,
+    annotation_path,
+    atomic_output_dir,
+    images_dir,
+    val_indices,
+    write_json,
+)
 from pipeline.data.validate import ValidationReport, validate_dataset
 from pipeline.data.yolo_labels import YoloImage, find_source, raise_problems, read_images, relative_label_name
 
@@ -62,10 +69,7 @@ def _train_val(read: dict[str, list[YoloImage]], val_fraction: float, seed: int)
     if "val" in read:
         return {"train": read["train"], "val": read["val"]}
     images = read.get("train", []) + read.get("all", [])
-    num_val = round(len(images) * val_fraction)
-    if val_fraction > 0 and len(images) > 1:
-        num_val = min(len(images) - 1, max(1, num_val))
-    val = set(np.random.default_rng(seed).permutation(len(images))[:num_val].tolist())
+    val = val_indices(len(images), val_fraction, seed)
     return {
         "train": [im for i, im in enumerate(images) if i not in val],
         "val": [im for i, im in enumerate(images) if i in val],
