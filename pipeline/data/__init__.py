@@ -5,7 +5,8 @@ See docs/ARCHITECTURE.md ("pipeline.data") for the item format shared with the t
 Owns: `layout` (the directory format, label map), `storage` (local paths and object stores), `decode`,
 `validate`, `coco_index`, importers (`voc`, `yolo` with `yolo_labels`), demo sets (`synth`, `synth_dense`),
 `transforms` (albumentations), `samplers`, `dataset`, `loader` (and the optional `ray_engine`, the only Ray
-below `pipeline.cluster`), `fingerprint`, `anchor_fit` and `analyze`. May import: `pipeline.config`, `pipeline.uri`, `effdet_core`.
+below `pipeline.cluster`), `fingerprint`, `anchor_fit` and `analyze`. May import: `pipeline.config`,
+`pipeline.uri`, `effdet_core`.
 
 Names resolve lazily (PEP 562): importing one submodule does not import albumentations, OpenCV or pycocotools.
 """
