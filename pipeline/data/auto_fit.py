@@ -175,7 +175,8 @@ def _choose_max_level(model: EfficientDetConfig, boxes: np.ndarray) -> tuple[int
     if high == model.max_level:
         return high, f"the official P{high}: it matches {per_level[-1]:.2f} positive anchors per box"
     dropped = ", ".join(f"P{level}" for level in range(high + 1, model.max_level + 1))
-    return high, f"{dropped} match almost no box (under {EMPTY_LEVEL} positive anchors per box)"
+    verb = "matches" if high + 1 == model.max_level else "match"
+    return high, f"{dropped} {verb} almost no box (under {EMPTY_LEVEL} positive anchors per box)"
 
 
 def _with_levels(model: EfficientDetConfig, min_level: int, max_level: int) -> EfficientDetConfig | None:
