@@ -99,4 +99,6 @@ def without_auto(config):
 
     model = {key: None for key in AUTO_KEYS if getattr(config.model, key) == AUTO}
     data = {"augment": "default"} if config.data.augment == AUTO else {}
+    if config.data.tiling == AUTO:
+        data["tiling"] = "off"
     return replace(config, model=model, data=data)

@@ -144,7 +144,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from pipeline.cli.common import load_job_config
     from pipeline.config import ConfigError
     from pipeline.data.analyze import analyze, report_lines
-    from pipeline.data.auto_fit import fit_to_data
+    from pipeline.data.auto_fit import fit_to_data, training_records
     from pipeline.data.coco_index import load_split
     from pipeline.data.layout import DatasetError
     from pipeline.evaluation.plots import anchor_plot
@@ -153,7 +153,7 @@ def _analyze(args: argparse.Namespace) -> int:
         config = load_job_config(args, [f"data.dir={args.dataset_dir}"])
         records = load_split(config.data.dir, "train")[2]
         config, choices = fit_to_data(config, records)  # what training would choose; the anchors are reported below
-        analysis = analyze(config, records=records)
+        analysis = analyze(config, records=training_records(config, records))
     except (ConfigError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

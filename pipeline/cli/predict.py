@@ -28,6 +28,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--score-threshold", type=float, default=0.3, help="keep detections scoring at least this (default 0.3)"
     )
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--slice",
+        default="auto",
+        metavar="auto|off|PX",
+        help="predict large images by overlapping windows merged into one answer per image: auto = as the model "
+        "was trained (its `tiling` tag), off = each image whole, PX = windows of PX source pixels",
+    )
     parser.add_argument("--show", type=int, default=5, help="detections printed per image (all go to the JSON)")
     add_backend(parser)
     batch = parser.add_argument_group("batch prediction (INPUT is a folder or bucket prefix)")
@@ -43,8 +50,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.config.tiling import slice_setting
     from pipeline.data import storage
 
+    slice_setting(args.slice, None)  # a bad --slice fails before anything loads
     if not 0.0 <= args.score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     for flag in ("batch_size", "num_workers", "shard_size", "cpus_per_worker"):
@@ -87,6 +96,7 @@ def run_batch(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         score_threshold=args.score_threshold,
         draw=args.draw,
+        slice=args.slice,
     )
     started = not ray.is_initialized()
     if started:
@@ -117,7 +127,12 @@ def run_files(args: argparse.Namespace) -> int:
 
     arrays = [decode_image(path, k) for k, path in enumerate(args.images)]  # every image readable before loading
     detector, version = load_detector(
-        tracking_uri(args), args.model, batch_size=args.batch_size, backend=backend(args), use_gpu=args.use_gpu
+        tracking_uri(args),
+        args.model,
+        batch_size=args.batch_size,
+        backend=backend(args),
+        use_gpu=args.use_gpu,
+        slice=args.slice,
     )
     image_ids = list(range(1, len(arrays) + 1))
     detections = [

@@ -42,6 +42,7 @@ class BatchJob:
     shard_size: int = 64
     score_threshold: float = 0.0
     draw: bool = False
+    slice: str = "auto"  # `pipeline.config.tiling.slice_setting`: the version's windows, off, or PX
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,13 @@ class ShardPredictor:
         threads = max(1, int(job.cpus_per_worker))
         self.job = job
         self.detector, _ = load_detector(
-            job.tracking_uri, job.model_ref, job.batch_size, job.backend, threads=threads, use_gpu=job.use_gpu
+            job.tracking_uri,
+            job.model_ref,
+            job.batch_size,
+            job.backend,
+            threads=threads,
+            use_gpu=job.use_gpu,
+            slice=job.slice,
         )
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pipeline.config.augment import parse_augment
 from pipeline.config.checks import ConfigError, at_least_or_null, check, choice, parse_image_check
 from pipeline.config.model import AUTO
+from pipeline.config.tiling import TilingSpec, check_tiling, resolve_tiling
 
-SYNTH_PRESETS = ("shapes", "dense", "overhead")  # `pipeline.data.synth.PRESETS`, named here for config checks
+SYNTH_PRESETS = ("shapes", "dense", "overhead", "aerial")  # `pipeline.data.synth.PRESETS`, named here for config checks
 
 VIEWS = ("auto", "overhead", "side")
 
@@ -29,7 +30,8 @@ class DataConfig:
     # a bucket checked from their header (pipeline/data/validate.py)
     check_images: str = "all"
     generate_if_missing: bool = True  # write the synthetic demo dataset into `dir` when it does not exist
-    synth_preset: str = "shapes"  # generated dataset: shapes (the demo) | dense (small, overlapping objects)
+    # generated dataset: shapes (the demo) | dense (small, overlapping objects) | overhead | aerial (large images)
+    synth_preset: str = "shapes"
     synth_images: int = 400  # demo dataset: total images (train + val)
     synth_size: int = 256  # demo dataset: image side in px
     synth_val_fraction: float = 0.2
@@ -46,6 +48,10 @@ class DataConfig:
     # how the images were taken: overhead (aerial, satellite, microscopy: every orientation is plausible) | side
     # (upright scenes) | auto (judged from the training boxes, and said: pipeline/data/auto_fit.py)
     view: str = "auto"
+    # large images: auto (windows when the images are much larger than the model input and their boxes too small at
+    # it) | off | {size: PX, overlap: F} | {scale: S, overlap: F}: training on windows that cover every box each
+    # epoch, evaluation and prediction sliced and merged on the full images (pipeline/config/tiling.py)
+    tiling: str | bool | dict = "auto"  # YAML reads a bare `off` as false: taken as off
 
     def __post_init__(self) -> None:
         check(bool(self.dir), "data.dir", self.dir, "must be a non-empty path")
@@ -70,6 +76,12 @@ class DataConfig:
         )
         check(self.prefetch_factor >= 1, "data.prefetch_factor", self.prefetch_factor, "must be >= 1")
         choice("data.view", self.view, VIEWS)
+        if self.tiling is False:
+            object.__setattr__(self, "tiling", "off")
+        try:
+            check_tiling(self.tiling)
+        except ValueError as e:
+            raise ConfigError(f"data.tiling: {e}") from None
         try:
             if self.augment != AUTO:
                 self.augment_options()
@@ -81,7 +93,12 @@ class DataConfig:
         assert self.augment != AUTO, "data.augment: auto must be fitted (pipeline.data.auto_fit) first"
         return parse_augment(self.augment)
 
+    def tiling_spec(self, input_side: int) -> TilingSpec | None:
+        """The fitted windows for a model input of `input_side` px (None: whole images)."""
+        return resolve_tiling(self.tiling, input_side)
+
     @property
     def needs_fit(self) -> bool:
-        """The augmentation is `auto`: chosen from the view (`pipeline.data.auto_fit`) before training."""
-        return self.augment == AUTO
+        """The augmentation or the tiling is `auto`: chosen from the data (`pipeline.data.auto_fit`) before
+        training."""
+        return AUTO in (self.augment, self.tiling)

@@ -27,7 +27,7 @@ from pipeline.data.anchor_fit import (
     jitter_scales,
     records_input_boxes,
 )
-from pipeline.data.auto_fit import Choice, fit_to_data
+from pipeline.data.auto_fit import Choice, fit_to_data, training_records
 from pipeline.data.coco_index import load_split
 
 UNCOVERED_WARNING = 0.10  # the training header warns above this share of boxes without an anchor at IoU >= 0.5
@@ -202,7 +202,7 @@ def fit_auto(config: PipelineConfig) -> tuple[PipelineConfig, list[Choice], Anal
     size), what was chosen and why, and the analysis of the boxes against the fitted model."""
     _, _, records = load_split(config.data.dir, "train")
     config, choices = fit_to_data(config, records)
-    analysis = analyze(config, records=records)
+    analysis = analyze(config, records=training_records(config, records))
     if config.model.needs_fit:  # the anchors
         fitted = resolve_auto_anchors(config, analysis)
         for key in ("anchor_scale", "anchor_ratios"):

@@ -5,6 +5,9 @@ Each choice is a `Choice`: the config key, the value and why, for the run header
 touched. The fitted values replace `auto` in the job's config, so the checkpoint, the registered model and its
 ONNX graph carry them.
 
+    tiling       windows at native resolution (the official input, overlapping by the 90th-percentile box side)
+                 when the images are TILE_RATIO x the input or more and their median box, fitted whole, falls under
+                 BUDGET_MEDIAN_PX, while natively it does not; the choices below then see the windows
     image_size   the size at which the median training box is TARGET_MEDIAN_PX and the small ones (10th percentile)
                  TARGET_SMALL_PX, in steps of 128, at most the smaller of 2x the images' own size and
                  `model.max_image_size` (default 2x the variant's official size), at least the official size (the
@@ -46,6 +49,7 @@ BUDGET_MEDIAN_PX = 8.0
 BUDGET_SMALL_PX = 4.0
 LEVEL_GAIN = 0.05  # a stride-4 level is added when it covers this many more boxes (as `data analyze` advises)
 EMPTY_LEVEL = 0.01  # a level with fewer positive anchors per box than this matches almost none
+TILE_RATIO = 2.0  # images at least this many input sides long may be tiled
 MIN_VIEW_BOXES = 100  # fewer boxes than this are too few to judge the view from
 
 
@@ -65,6 +69,14 @@ def fit_to_data(config: PipelineConfig, records) -> tuple[PipelineConfig, list[C
     """`config` with its `auto` input size, levels and augmentation fitted to the training `records`
     (`pipeline.data.ImageRecord`s); the anchors stay `auto` (fitted next, at the chosen size and levels)."""
     choices: list[Choice] = []
+    if config.data.tiling == AUTO:
+        choices.append(choose_tiling(config, records))
+        config = replace(config, data={"tiling": choices[-1].value})
+    if config.data.tiling != "off" and config.model.image_size == AUTO:
+        official = config.model.resolve().image_size[0]
+        choices.append(Choice("model.image_size", official, "data.tiling: a window's input, the official size"))
+        config = replace(config, model={"image_size": official})
+    records = training_records(config, records)
     if config.model.image_size == AUTO:
         choices.append(choose_image_size(config, records))
         config = replace(config, model={"image_size": choices[-1].value})
@@ -76,6 +88,48 @@ def fit_to_data(config: PipelineConfig, records) -> tuple[PipelineConfig, list[C
         choices.append(choose_augment(config, records))
         config = replace(config, data={"augment": choices[-1].value})
     return config, choices
+
+
+def training_records(config: PipelineConfig, records):
+    """What training sees of `records`: their windows when `data.tiling` is set (fitted), else the records."""
+    if config.data.tiling in (AUTO, "off"):
+        return records
+    from pipeline.data.tiling import training_tiles
+
+    return training_tiles(records, config.data.tiling_spec(config.model.resolve().image_size[0]))
+
+
+def choose_tiling(config: PipelineConfig, records) -> Choice:
+    """`data.tiling`: windows at native resolution when the images are
+    at least TILE_RATIO x the input and their median box, fitted whole into the input that `image_size` gives
+    them, falls under BUDGET_MEDIAN_PX while at native resolution it does not."""
+    relative, longer = _relative_sizes(records)
+    if not len(relative):
+        return Choice("data.tiling", "off", "no training boxes to fit")
+    pinned = config.model.image_size if isinstance(config.model.image_size, int) else None
+    whole_size = pinned or choose_image_size(config, records).value  # what an untiled run would train at
+    native = float(np.median([s * max(r.height, r.width) for r in records for s in _box_rows(r)[:, 1]]))
+    whole_median = float(np.median(relative)) * whole_size
+    side = pinned or config.model.resolve().image_size[0]  # a window's input: the official size unless pinned
+    said = (
+        f"the images are {longer:.0f} px, the median box {native:.0f} px: {whole_median:.1f} px when the image is "
+        f"fitted into {whole_size} px"
+    )
+    if longer < TILE_RATIO * side or whole_median >= BUDGET_MEDIAN_PX or native < BUDGET_MEDIAN_PX:
+        why = "large enough" if whole_median >= BUDGET_MEDIAN_PX else "too small at native resolution too"
+        if longer < TILE_RATIO * side:
+            why = f"under {TILE_RATIO:g}x the {side} px input"
+        return Choice("data.tiling", "off", f"{said} ({why})")
+    zoom = min(2.0, max(1.0, TARGET_MEDIAN_PX / native))  # upsample windows whose boxes are small natively
+    size = max(64, int(round(side / zoom / 32)) * 32)
+    sides = np.concatenate([np.maximum(*(r.boxes[:, 2:] - r.boxes[:, :2]).T) for r in records if len(r.boxes)])
+    overlap = min(0.5, max(0.1, math.ceil(20 * float(np.quantile(sides, 0.9)) / size) / 20))
+    value = {"size": size, "overlap": overlap}
+    reason = (
+        f"{said}; windows of {size} px overlapping {overlap:g} (the 90th-percentile box side "
+        f"{np.quantile(sides, 0.9):.0f} px) at the {side} px input: median box {native * side / size:.0f} px"
+    )
+    return Choice("data.tiling", value, reason)
 
 
 def _relative_sizes(records) -> tuple[np.ndarray, float]:

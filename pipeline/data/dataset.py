@@ -18,6 +18,7 @@ from pipeline.data.coco_index import ImageRecord, load_split
 from pipeline.data.decode import decode_rgb, image_size
 from pipeline.data.layout import DatasetError, LabelMap, images_dir
 from pipeline.data.storage import Location, ObjectReader, StorageError
+from pipeline.data.tiling import TileRecord, TilingSpec, crop_window, eval_tiles, training_tiles
 from pipeline.data.transforms import DetectionTransform
 
 Target = dict[str, Any]
@@ -38,12 +39,21 @@ class DetectionDataset(Dataset):
         transform: DetectionTransform | None,
         label_map: LabelMap | None = None,
         cache_dir: str | None = None,
+        tiling: TilingSpec | None = None,
     ) -> None:
         self.dataset_dir = os.fspath(dataset_dir)
         self.split = split
         self.transform = transform
-        self.coco, self.label_map, self.records = load_split(dataset_dir, split, label_map)
+        self.coco, self.label_map, self.images = load_split(dataset_dir, split, label_map)
         self.reader = ObjectReader.for_images(images_dir(dataset_dir), cache_dir)
+        self.tiling = tiling
+        # the items: whole images, or windows (`pipeline.data.tiling`): training windows for train, every window
+        # and the whole-image pass for evaluation
+        self.records: list[ImageRecord] | list[TileRecord] = self.images
+        if tiling is not None:
+            plan = training_tiles if split == "train" else eval_tiles
+            self.records = plan(self.images, tiling)
+        self._decoded: tuple[Any, np.ndarray] | None = None  # (path, pixels) of the last image decoded whole
 
     def __len__(self) -> int:
         return len(self.records)
@@ -51,7 +61,7 @@ class DetectionDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         """What a loader process started by forkserver/spawn receives: not `coco`, the pycocotools index (hundreds of
         MB for COCO), which only evaluation in the main process reads."""
-        return {**self.__dict__, "coco": None}
+        return {**self.__dict__, "coco": None, "_decoded": None}
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Target]:
         """``key``: an index, or ``(index, seed)`` as `pipeline.data.samplers.SeededSampler` gives them, which
@@ -60,20 +70,48 @@ class DetectionDataset(Dataset):
         if seed is not None and self.transform.train:
             self.transform.reseed(seed)
         record = self.records[index]
-        min_size = self.transform.min_source_size(record.height, record.width)
-        image = read_rgb(record, min_size, self.reader)  # uint8 [h', w', 3]: the file's size, or a JPEG decoded smaller
+        if isinstance(record, TileRecord) and not record.whole:
+            return self._window_item(record)
+        source = record.source if isinstance(record, TileRecord) else record
+        min_size = self.transform.min_source_size(source.height, source.width)
+        image = read_rgb(source, min_size, self.reader)  # uint8 [h', w', 3]: the file's size, or a JPEG decoded smaller
         # decoded px per original px: 1, or about 1/2, 1/4, 1/8 (sides round up, so each axis has its own)
-        shrink_y, shrink = image.shape[0] / record.height, image.shape[1] / record.width
-        boxes = np.asarray(record.boxes, np.float32).reshape(-1, 4) * np.float32([shrink, shrink_y] * 2)
-        tensor, boxes, labels, scale = self.transform(image, boxes, record.labels)
+        shrink_y, shrink = image.shape[0] / source.height, image.shape[1] / source.width
+        boxes = np.asarray(source.boxes, np.float32).reshape(-1, 4) * np.float32([shrink, shrink_y] * 2)
+        tensor, boxes, labels, scale = self.transform(image, boxes, source.labels)
         target = {
             "boxes": torch.from_numpy(boxes),  # float32 [n, 4] xyxy model-input px
             "labels": torch.from_numpy(labels),  # int64 [n]
-            "image_id": record.image_id,
+            "image_id": source.image_id,
             "scale": float(scale * shrink),  # model-input px per original px
-            "orig_size": (record.height, record.width),
+            "orig_size": (source.height, source.width),
+        }
+        if isinstance(record, TileRecord):  # the whole-image pass of a sliced image
+            target.update(window=record.window, whole=True)
+        return tensor, target
+
+    def _window_item(self, record: TileRecord) -> tuple[torch.Tensor, Target]:
+        """A window at native resolution, padded to the window size; ``window`` in the target places it."""
+        fill = tuple(round(255 * m) for m in self.transform.mean)
+        pixels = crop_window(self._decode_whole(record.source), record.window, self.tiling.size, fill)
+        tensor, boxes, labels, scale = self.transform(pixels, record.boxes, record.labels)
+        target = {
+            "boxes": torch.from_numpy(boxes),  # float32 [n, 4] xyxy model-input px of the window
+            "labels": torch.from_numpy(labels),
+            "image_id": record.image_id,
+            "scale": float(scale),  # model-input px per original px
+            "orig_size": (record.source.height, record.source.width),
+            "window": record.window,  # x0, y0, x1, y1 original px
+            "whole": False,
         }
         return tensor, target
+
+    def _decode_whole(self, source: ImageRecord) -> np.ndarray:
+        """The source image at full resolution; the last one is kept, since a sliced image's windows come in a row
+        (one image's pixels per process: memory stays bounded by the largest image)."""
+        if self._decoded is None or self._decoded[0] != source.path:
+            self._decoded = (source.path, read_rgb(source, None, self.reader))
+        return self._decoded[1]
 
 
 def read_rgb(
@@ -114,15 +152,19 @@ def to_original_coordinates(detections: list[dict[str, torch.Tensor]], targets: 
     predictions = []
     for det, target in zip(detections, targets, strict=True):
         height, width = target["orig_size"]
+        x0, y0, x1, y1 = target.get("window", (0, 0, width, height))
         boxes = det["boxes"].detach().float().cpu().numpy().reshape(-1, 4) / target["scale"]
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)  # padding maps beyond the image: clip it away
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-        predictions.append(
-            {
-                "image_id": int(target["image_id"]),
-                "boxes": boxes,
-                "scores": det["scores"].detach().float().cpu().numpy().reshape(-1),
-                "labels": det["labels"].detach().cpu().numpy().astype(np.int64).reshape(-1),
-            }
-        )
+        if not target.get("whole"):  # a window: from its origin to the image's
+            boxes += np.float32([x0, y0, x0, y0])
+        boxes[:, 0::2] = boxes[:, 0::2].clip(x0, x1)  # padding maps beyond the image (window): clip it away
+        boxes[:, 1::2] = boxes[:, 1::2].clip(y0, y1)
+        prediction = {
+            "image_id": int(target["image_id"]),
+            "boxes": boxes,
+            "scores": det["scores"].detach().float().cpu().numpy().reshape(-1),
+            "labels": det["labels"].detach().cpu().numpy().astype(np.int64).reshape(-1),
+        }
+        if "window" in target:  # one window of a sliced image: `pipeline.evaluation.merge_tiles` joins them
+            prediction.update(window=tuple(target["window"]), whole=bool(target["whole"]))
+        predictions.append(prediction)
     return predictions

@@ -11,6 +11,7 @@ from typing import NamedTuple
 from torch.utils.data import DataLoader
 
 from pipeline.config.augment import parse_augment
+from pipeline.config.tiling import TilingSpec
 from pipeline.data import storage
 from pipeline.data.coco_index import ImageRecord
 from pipeline.data.dataset import DetectionDataset, collate_fn
@@ -56,6 +57,7 @@ def build_dataloaders(
     cache_dir: str | None = None,
     engine: str = "torch",
     ray_cpus_per_task: float = 1.0,
+    tiling: TilingSpec | None = None,
 ) -> DataLoaders:
     """Train and val loaders of ``dataset_dir`` for worker ``rank`` of ``world_size``.
 
@@ -66,15 +68,16 @@ def build_dataloaders(
     any cluster CPU (`pipeline.data.ray_engine`, each task reserving ``ray_cpus_per_task``), with the same samplers.
     Train batches have exactly ``batch_size`` images and every image is seen at least once per
     epoch (see `FullBatchDistributedSampler`). ``train.dataset.label_map`` and ``val.dataset.coco``
-    give the label map and the validation ground truth.
+    give the label map and the validation ground truth. ``tiling`` trains on windows of the images and evaluates
+    every window plus the whole image (`pipeline.data.tiling`); an epoch then counts windows.
     """
     if validate:
         validate_dataset(dataset_dir, check_images=check_images).raise_if_fatal()
-    train_set = DetectionDataset(dataset_dir, "train", None, label_map, cache_dir=cache_dir)
+    train_set = DetectionDataset(dataset_dir, "train", None, label_map, cache_dir=cache_dir, tiling=tiling)
     options = training_augmentation(augment or parse_augment("default"), train_set.records, image_size)
     train_set.transform = DetectionTransform(image_size, mean, std, train=True, options=options)
     val_tf = DetectionTransform(image_size, mean, std, train=False)
-    val_set = DetectionDataset(dataset_dir, "val", val_tf, train_set.label_map, cache_dir=cache_dir)
+    val_set = DetectionDataset(dataset_dir, "val", val_tf, train_set.label_map, cache_dir=cache_dir, tiling=tiling)
     # keys (index, augmentation seed of (seed, epoch, index)): the same images and augmentation in either engine
     train_sampler = SeededSampler(FullBatchDistributedSampler(train_set, batch_size, world_size, rank, seed=seed), seed)
     val_sampler = SeededSampler(ShardedEvalSampler(len(val_set), rank, world_size), seed)

@@ -7,6 +7,8 @@ and lines in muted colours. Learnable on a 2-core CPU within minutes.
 for developing and testing small-object detection.
 `overhead` (`pipeline.data.synth_overhead`): a scene seen from above (vehicles in rows at any heading, tree crowns,
 buildings, shadows on a terrain texture), like an orthophoto.
+`aerial`: large images (2,560 px by default) made of `overhead` scenes at their own scale, hundreds of 7-64 px
+objects each: what training by tiles (`data.tiling`) is for.
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ PRESETS: dict[str, Preset] = {
     "shapes": Preset(CLASSES, _render_shapes, 256, "shape"),
     "dense": Preset(DENSE_CLASSES, render_dense_image, 384, "dense"),
     "overhead": Preset(OVERHEAD_CLASSES, render_overhead_image, 512, "overhead"),
+    # large orthophoto-like images: mosaics of `overhead` scenes at their 512 px scale (render_aerial_image)
+    "aerial": Preset(OVERHEAD_CLASSES, render_overhead_image, 2560, "overhead"),
 }
+AERIAL_PATCH = 512  # px: the aerial preset's objects keep the overhead preset's sizes at 512 px (cars 7-14 px)
 
 
 def write_synthetic_dataset(
@@ -114,12 +119,31 @@ def render_image(
     rng: np.random.Generator, size: int, preset: str = "shapes"
 ) -> tuple[Image.Image, list[dict[str, Any]]]:
     """One image and its COCO annotations (without ids): ``category_id``, ``bbox``, ``area``."""
+    if preset == "aerial":
+        return render_aerial_image(rng, size)
     image, shapes, draw = PRESETS[preset].render(rng, size)
     instance_mask = Image.new("L", (size, size), 0)  # pixel value = 1 + object index (drawn in the same order)
     mask_draw = ImageDraw.Draw(instance_mask)
     for index, (cls, geometry) in enumerate(shapes):
         draw(mask_draw, cls, geometry, index + 1)
     return image, _annotations(np.asarray(instance_mask), shapes, size, draw)
+
+
+def render_aerial_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[dict[str, Any]]]:
+    """A large overhead image: a grid of AERIAL_PATCH px `overhead` scenes (cut at the far edges), each annotated
+    on its own, so objects are 7-64 px whatever ``size`` (hundreds per image from 2,000 px up)."""
+    canvas = Image.new("RGB", (size, size))
+    annotations: list[dict[str, Any]] = []
+    for y in range(0, size, AERIAL_PATCH):
+        for x in range(0, size, AERIAL_PATCH):
+            patch, objects = render_image(rng, AERIAL_PATCH, "overhead")
+            canvas.paste(patch, (x, y))
+            for obj in objects:
+                bx, by, bw, bh = obj["bbox"]
+                bw, bh = min(bx + bw, size - x) - bx, min(by + bh, size - y) - by  # cut at the image's edge
+                if bw >= 2 and bh >= 2 and bw * bh >= 0.5 * obj["bbox"][2] * obj["bbox"][3]:
+                    annotations.append({**obj, "bbox": [bx + x, by + y, bw, bh], "area": float(bw * bh)})
+    return canvas, annotations
 
 
 def _annotations(mask: np.ndarray, shapes: list, size: int, draw: Callable) -> list[dict[str, Any]]:

@@ -27,15 +27,17 @@ Prediction = dict[str, Any]  # {"image_id": int, "boxes" [n,4] xyxy px, "scores"
 
 
 def merge_prediction_shards(shards: Iterable[Sequence[Prediction]]) -> list[Prediction]:
-    """One prediction entry per image id, in image-id order; the first shard's entry wins.
+    """One prediction entry per image id (per window of a sliced image), in image-id order; the first shard's
+    entry wins.
 
     Duplicates come from samplers that pad shards (torch's DistributedSampler repeats images).
     """
-    merged: dict[int, Prediction] = {}
+    merged: dict[tuple, Prediction] = {}
     for shard in shards:
-        for prediction in shard:
-            merged.setdefault(int(prediction["image_id"]), prediction)
-    return [merged[image_id] for image_id in sorted(merged)]
+        for prediction in shard:  # a sliced image's windows are entries of their own (`merge_tiles` joins them)
+            key = (int(prediction["image_id"]), tuple(prediction.get("window", ())), bool(prediction.get("whole")))
+            merged.setdefault(key, prediction)
+    return [merged[key] for key in sorted(merged)]
 
 
 def coco_result(image_id: int, category_id: int, box_xyxy: Sequence[float], score: float) -> dict[str, Any]:
@@ -72,12 +74,15 @@ def evaluate_coco(
     label_map: LabelMap,
     pr_curve_path: str | os.PathLike | None = None,
     image_ids: Sequence[int] | None = None,
+    max_detections: int = 100,
 ) -> dict[str, Any]:
     """COCO box metrics of ``predictions`` (original px) over ``image_ids`` (default: all GT images).
 
     Returns floats AP, AP50, AP75, APs, APm, APl, AR100 (-1.0 where undefined, as pycocotools
     does) and ``per_class_AP`` (name -> AP at IoU 0.50:0.95). Writes a precision-recall PNG to
     ``pr_curve_path`` when given. Predictions for images outside the ground truth are an error.
+    ``max_detections`` (at least COCO's 100) is the per-image count AP and AR100 score: raised for images with
+    more objects than that (sliced large images), where COCO's 100 would cap the recall.
     """
     known = set(coco_gt.getImgIds())
     unknown = sorted({int(p["image_id"]) for p in predictions} - known)
@@ -92,14 +97,37 @@ def evaluate_coco(
         coco_dt = coco_gt.loadRes(results)
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         evaluator.params.imgIds = sorted(known if image_ids is None else {int(i) for i in image_ids})
+        evaluator.params.maxDets = [1, 10, max(100, int(max_detections))]
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    metrics: dict[str, Any] = {name: float(evaluator.stats[i]) for name, i in STAT_INDEX.items()}
+    metrics: dict[str, Any] = summary_at_max_detections(evaluator)
     metrics["per_class_AP"] = per_class_ap(evaluator, label_map)
     if pr_curve_path is not None:
         plot_pr_curves(evaluator, label_map, pr_curve_path)
     return metrics
+
+
+def summary_at_max_detections(evaluator: COCOeval) -> dict[str, float]:
+    """AP, AP50, AP75, APs, APm, APl and AR100 at the evaluator's largest max-detections setting: what
+    `COCOeval.summarize` gives for 100, and what it cannot give for another count (it looks 100 up by value)."""
+    precision = evaluator.eval["precision"]  # [T iou, R recall, K classes, A areas, M max-dets]
+    recall = evaluator.eval["recall"]  # [T, K, A, M]
+    iou = list(np.round(evaluator.params.iouThrs, 2))
+
+    def mean(values: np.ndarray) -> float:
+        values = values[values > -1]
+        return float(values.mean()) if values.size else -1.0
+
+    return {
+        "AP": mean(precision[:, :, :, 0, -1]),
+        "AP50": mean(precision[iou.index(0.5), :, :, 0, -1]),
+        "AP75": mean(precision[iou.index(0.75), :, :, 0, -1]),
+        "APs": mean(precision[:, :, :, 1, -1]),
+        "APm": mean(precision[:, :, :, 2, -1]),
+        "APl": mean(precision[:, :, :, 3, -1]),
+        "AR100": mean(recall[:, :, 0, -1]),
+    }
 
 
 def per_class_ap(evaluator: COCOeval, label_map: LabelMap) -> dict[str, float]:

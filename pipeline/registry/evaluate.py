@@ -42,22 +42,26 @@ def check_categories(dataset_dir: str | os.PathLike, split: str, label_map: Labe
 
 @torch.no_grad()
 def evaluate_detector(detector: Detector, dataset_dir: str | os.PathLike, split: str = "val") -> dict[str, Any]:
-    """`pipeline.evaluation.evaluate_coco` metrics (AP, AP50, ..., per_class_AP) plus image count and time."""
+    """`pipeline.evaluation.evaluate_coco` metrics (AP, AP50, ..., per_class_AP) plus image count and time; on the
+    full images, sliced and merged when the detector predicts by windows (`Detector.tiling`)."""
     from torch.utils.data import DataLoader
 
     from pipeline.evaluation import evaluate_coco
-    from pipeline.training.evaluate import predict
+    from pipeline.training.evaluate import merge_windows, predict
 
     check_categories(dataset_dir, split, detector.label_map)
-    dataset = DetectionDataset(dataset_dir, split, detector.transform, label_map=detector.label_map)
+    dataset = DetectionDataset(
+        dataset_dir, split, detector.transform, label_map=detector.label_map, tiling=detector.tiling
+    )
     loader = DataLoader(dataset, batch_size=detector.batch_size, shuffle=False, collate_fn=collate_fn)
 
     start = time.perf_counter()
     predictions = predict(detector.predictor, loader, detector.device)
     seconds = time.perf_counter() - start
-    metrics = evaluate_coco(dataset.coco, predictions, detector.label_map)
-    metrics["num_images"] = len(dataset)
-    metrics["seconds_per_image"] = seconds / max(1, len(dataset))
+    predictions, max_detections = merge_windows(predictions, detector.tiling)  # sliced: one entry per image
+    metrics = evaluate_coco(dataset.coco, predictions, detector.label_map, max_detections=max_detections)
+    metrics["num_images"] = len(dataset.images)
+    metrics["seconds_per_image"] = seconds / max(1, len(dataset.images))
     return metrics
 
 

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 
 from effdet_core import EfficientDet
+from pipeline.config.tiling import tiling_tag
 from pipeline.data import LabelMap
 from pipeline.registry.metadata import pick_metrics
 from pipeline.registry.registry import Registration, register_model
@@ -69,7 +70,8 @@ def register_from_checkpoint(
         raise ValueError("dataset_fingerprint is required: champion only moves between comparable evaluations")
     check_tracking_store(tracking_uri)
     model, label_map = model_from_state(state, weights)
-    extra = {"source_epoch": str(chosen.epoch)}
+    tiling = (state.config.get("data") or {}).get("tiling")
+    extra = {"source_epoch": str(chosen.epoch), "tiling": tiling_tag(tiling, model.config.image_size[0])}
     return register_model(
         model,
         label_map,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,10 @@ import numpy as np
 import torch
 
 from effdet_core import EfficientDetForPrediction, PostprocessConfig
+from pipeline.config.tiling import TilingSpec
 from pipeline.data import DetectionTransform, LabelMap, to_original_coordinates
+from pipeline.data.tiling import crop_window, tile_windows
+from pipeline.evaluation import merge_tiles
 from pipeline.evaluation.coco_eval import coco_result
 from pipeline.registry.errors import ArtifactError, ImageInputError
 from pipeline.registry.onnx_backend import BACKENDS, OnnxPredictor, has_cuda_provider, onnxruntime_available
@@ -80,6 +84,7 @@ class Detector:
     backend: str | None = None
     threads: int | None = None
     use_gpu: bool = False
+    tiling: TilingSpec | None = None  # sliced prediction: windows merged per image (`pipeline.data.tiling`)
 
     def __post_init__(self) -> None:
         config = self.package.config
@@ -127,26 +132,47 @@ class Detector:
         return twin
 
     def with_backend(self, backend: str | None) -> Detector:
-        return Detector(self.package, self.batch_size, backend, self.threads, self.use_gpu)
+        return Detector(self.package, self.batch_size, backend, self.threads, self.use_gpu, self.tiling)
+
+    def with_tiling(self, tiling: TilingSpec | None) -> Detector:
+        """The same network and backend, predicting by windows (None: whole images)."""
+        twin = copy.copy(self)
+        twin.tiling = tiling
+        return twin
 
     def preprocess(self, image: np.ndarray, image_id: int) -> tuple[torch.Tensor, dict[str, Any]]:
         """uint8 [h, w, 3] -> normalised [3, H, W] and the target-like dict `to_original_coordinates` reads."""
         tensor, _, _, scale = self.transform(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
         return tensor, {"image_id": int(image_id), "scale": float(scale), "orig_size": image.shape[:2]}
 
+    def _items(self, images: Sequence[np.ndarray], image_ids: Sequence[int]):
+        """(tensor [3, H, W], target) of every model pass, made lazily: whole images, or each image's windows and
+        its whole-image pass (one window at a time in memory besides the decoded image)."""
+        fill = tuple(round(255 * m) for m in self.transform.mean)
+        for image, image_id in zip(images, image_ids, strict=True):
+            if self.tiling is None:
+                yield self.preprocess(image, image_id)
+                continue
+            height, width = image.shape[:2]
+            windows = tile_windows(height, width, self.tiling)
+            for window in windows:
+                tensor, meta = self.preprocess(crop_window(image, window, self.tiling.size, fill), image_id)
+                yield tensor, {**meta, "orig_size": (height, width), "window": window, "whole": False}
+            if len(windows) > 1:  # objects larger than a window
+                tensor, meta = self.preprocess(image, image_id)
+                yield tensor, {**meta, "window": (0, 0, width, height), "whole": True}
+
     @torch.no_grad()
     def predict_arrays(self, images: Sequence[np.ndarray], image_ids: Sequence[int]) -> list[dict[str, Any]]:
-        """Evaluation-format predictions (`pipeline.evaluation.evaluate_coco` input), one per image."""
+        """Evaluation-format predictions (`pipeline.evaluation.evaluate_coco` input), one per image; sliced
+        (`tiling`): every window's detections in the image's pixels, merged (`pipeline.evaluation.merge_tiles`)."""
         out: list[dict[str, Any]] = []
-        for start in range(0, len(images), self.batch_size):
-            batch = [
-                self.preprocess(img, i)
-                for img, i in zip(
-                    images[start : start + self.batch_size], image_ids[start : start + self.batch_size], strict=True
-                )
-            ]
+        items = self._items(images, image_ids)
+        while batch := list(itertools.islice(items, self.batch_size)):
             tensors = torch.stack([t for t, _ in batch]).to(self.device)  # [B, 3, H, W]
             out.extend(to_original_coordinates(self.predictor(tensors), [meta for _, meta in batch]))
+        if self.tiling is not None:
+            out = merge_tiles(out, self.tiling.overlap_px)
         return out
 
     def predict(self, images: Sequence[ImageInput], image_ids: Sequence[int] | None = None) -> list[Detection]:

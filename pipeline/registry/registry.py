@@ -375,14 +375,18 @@ def load_detector(
     backend: str | None = None,
     threads: int | None = None,
     use_gpu: bool = False,
+    slice: str = "auto",
 ):
     """(Detector, ModelVersion) of a reference, loaded through MLflow's pyfunc loader exactly as serving does.
     `backend` None: ONNX Runtime when the version carries a serving graph (on a GPU: when onnxruntime has CUDA),
-    PyTorch otherwise; `threads`: ONNX Runtime's intra-op threads."""
+    PyTorch otherwise; `threads`: ONNX Runtime's intra-op threads. `slice`: auto (the windows the version was
+    trained with, its `tiling` tag), off, or a window side in px (`pipeline.config.tiling.slice_setting`)."""
     import mlflow.pyfunc
 
+    from pipeline.config.tiling import slice_setting
     from pipeline.registry.predict import Detector
 
+    slice_setting(slice, None)  # a bad flag fails before the model loads
     mv = get_version(tracking_uri, ref)
     settings = {"backend": backend or "auto", "threads": threads or 0, "use_gpu": use_gpu}
     has_settings = "onnx" in mv.tags  # versions logged before the backends take no model_config
@@ -393,4 +397,5 @@ def load_detector(
     if not has_settings and (backend, threads, use_gpu) != (None, None, False):
         detector = Detector(detector.package, batch_size, backend, threads, use_gpu)
     detector.batch_size = batch_size
+    detector.tiling = slice_setting(slice, mv.tags.get("tiling"))
     return detector, mv

@@ -36,6 +36,18 @@ def gather_predictions(predictions: list[dict[str, Any]]) -> list[dict[str, Any]
     return merge_prediction_shards(part or [] for part in gathered)
 
 
+def merge_windows(predictions: list[dict[str, Any]], tiling) -> tuple[list[dict[str, Any]], int]:
+    """A sliced validation set's window predictions merged per image (`pipeline.evaluation.merge_tiles`), and the
+    detections per image to score: all that the merge keeps (COCO's 100 would cap the recall of an image with
+    hundreds of objects), 100 for whole images."""
+    from pipeline.evaluation import merge_tiles
+
+    if tiling is None:
+        return predictions, 100
+    merged = merge_tiles(predictions, tiling.overlap_px)
+    return merged, max([100, *(len(p["scores"]) for p in merged)])
+
+
 def evaluate(
     model: nn.Module,
     loader,
@@ -61,7 +73,10 @@ def evaluate(
     is_rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     metrics: dict[str, float] = {}
     if is_rank0:
-        scores = evaluate_coco(coco_gt, predictions, LabelMap.from_dict(label_map), pr_curve_path=pr_curve_path)
+        predictions, max_detections = merge_windows(predictions, getattr(loader.dataset, "tiling", None))
+        scores = evaluate_coco(
+            coco_gt, predictions, LabelMap.from_dict(label_map), pr_curve_path, max_detections=max_detections
+        )
         metrics = {f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, int | float)}
         metrics.update({f"val_AP_{name}": float(v) for name, v in scores.get("per_class_AP", {}).items()})
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

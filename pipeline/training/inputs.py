@@ -93,6 +93,7 @@ def build_loaders(
         cache_dir=data.cache_dir,
         engine=data.engine,
         ray_cpus_per_task=data.ray_cpus_per_task,
+        tiling=data.tiling_spec(image_size[0]),
     )
     train_set = loaders.train.dataset
     return Inputs(loaders.train, loaders.val, loaders.val.dataset.coco, train_set.label_map.to_dict())

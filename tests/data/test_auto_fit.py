@@ -126,7 +126,7 @@ def test_a_pinned_view_decides_the_augmentation(view, preset):
 
 def test_pinned_values_are_never_touched():
     data = dataset((6, 10), 512)  # data that would move every auto value
-    pins = ["model.image_size=256", "model.min_level=3", "model.max_level=7", "data.augment=default"]
+    pins = ["model.image_size=256", "model.min_level=3", "model.max_level=7", "data.augment=default", "data.tiling=off"]
     config, choices = fitted(data, *pins)
     assert choices == []
     assert (config.model.image_size, config.model.min_level, config.model.max_level) == (256, 3, 7)

@@ -81,15 +81,17 @@ def test_gradient_accumulation_steps_the_optimizer_every_n_batches(tiny_config):
     assert changed, "the optimizer must have changed the weights"
 
 
-def _record_image_ids(monkeypatch) -> list[int]:
-    """Image ids of every training item loaded, in order (loader_workers=0 loads in this process)."""
-    seen: list[int] = []
+def _record_image_ids(monkeypatch) -> list:
+    """Image ids (with the window, for a tiled run) of every training item loaded, in order (loader_workers=0
+    loads in this process)."""
+    seen: list = []
     original = DetectionDataset.__getitem__
 
     def getitem(self, index):
         item = original(self, index)
         if self.split == "train":
-            seen.append(item[1]["image_id"])
+            target = item[1]
+            seen.append((target["image_id"], target["window"]) if "window" in target else target["image_id"])
         return item
 
     monkeypatch.setattr(DetectionDataset, "__getitem__", getitem)
@@ -136,6 +138,48 @@ def test_a_run_stopped_inside_an_epoch_resumes_with_the_same_images_and_schedule
     assert deployable.optimizer is None and set(deployable.model) == set(final.model)
     line = format_progress(10, 10, final.metrics, eta_s=75)
     assert line.startswith("step 10/10 (epoch 2.5)") and "AP50" in line and "img/s" in line and "ETA 1m15s" in line
+
+
+def test_a_tiled_run_stopped_inside_an_epoch_resumes_with_the_same_windows(tiny_config, tmp_path, monkeypatch):
+    """`data.tiling` with 96 px windows of the 128 px images: an epoch counts windows. A crash as epoch 2 starts
+    resumes from the last checkpoint inside epoch 1 and trains the very windows (image, position), in the same
+    order, and learning rates of the run that never stopped."""
+    from pipeline.config.tiling import TilingSpec
+    from pipeline.data.coco_index import load_split
+    from pipeline.data.tiling import training_tiles
+
+    tiling = {"size": 96, "overlap": 0.25}
+    windows = len(training_tiles(load_split(tiny_config.data.dir, "train")[2], TilingSpec(**tiling)))
+    steps_per_epoch = -(-windows // tiny_config.data.batch_size)  # the last batch padded
+    assert windows > 16 * 2 and steps_per_epoch >= 4
+    seen = _record_image_ids(monkeypatch)
+    base = replace(  # into epoch 2, checkpointed halfway through epoch 1
+        tiny_config,
+        train={"epochs": None, "steps": steps_per_epoch + 1, "eval_every": f"{steps_per_epoch // 2 + 1} steps"},
+        ray={"num_workers": 1},
+        data={"tiling": tiling},
+    )
+    periods: list[tuple[int, float]] = []
+
+    def record(trainer, metrics):
+        periods.append((int(metrics["step"]), trainer.optimizer.param_groups[0]["lr"]))
+
+    fit(base, tmp_path / "straight", on_period_end=record)
+    straight_ids, straight_periods = list(seen), list(periods)
+    assert len(set(straight_ids[:windows])) == windows  # every window once in epoch 1, each (image, position)
+
+    seen.clear(), periods.clear()
+    crashing = replace(base, train={"fault_marker": str(tmp_path / "fault"), "fault_epoch": 2})
+    with pytest.raises(InjectedFault, match="epoch 2"):
+        fit(crashing, tmp_path / "crash", on_period_end=record)
+    checkpointed = periods[-1][0]
+    before_crash = list(seen)
+    seen.clear()
+    fit(crashing, tmp_path / "crash", resume=True, on_period_end=record)
+    assert 0 < checkpointed < steps_per_epoch
+    batch = tiny_config.data.batch_size
+    assert before_crash[: batch * checkpointed] + seen == straight_ids  # the same windows, the same order
+    assert periods == straight_periods  # the same evaluation points and learning rates
 
 
 def test_records_without_iscrowd_or_area_train_and_evaluate(tiny_config, tmp_path, monkeypatch):
