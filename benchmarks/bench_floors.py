@@ -11,6 +11,7 @@ after. Runs are deterministic on one machine (float rounding differs between CPU
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +22,10 @@ from pipeline.config import load_config
 from pipeline.data import write_synthetic_dataset
 from pipeline.training.loop import fit
 
-# name -> (generator preset, images, size, optimizer steps): the settings of tests/accuracy/test_accuracy_floors.py
-SETS = {"shapes": ("shapes", 150, 128, 200), "dense": ("dense", 100, 256, 120)}
+# name -> (generator preset, images, size, optimizer steps, batch): tests/accuracy/test_accuracy_floors.py's settings
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "accuracy"))
+from test_accuracy_floors import RUNS as SETS  # noqa: E402  (after the path)
+from test_accuracy_floors import run_overrides  # noqa: E402
 
 
 def main() -> None:
@@ -33,12 +36,10 @@ def main() -> None:
     torch.set_num_threads(2)
     root = Path(tempfile.mkdtemp(prefix="bench-floors-"))
     for name in args.sets:
-        preset, images, size, steps = SETS[name]
+        preset, images, size, steps, batch = SETS[name]
         data = write_synthetic_dataset(root / name, num_images=images, size=size, seed=7, preset=preset)
         for seed in args.seeds:
-            overrides = [f"data.dir={data}", "data.generate_if_missing=false", "data.batch_size=8"]
-            overrides += [f"model.image_size={size}", f"train.steps={steps}", f"train.eval_every={steps // 2} steps"]
-            overrides += [f"train.seed={seed}", "ray.num_workers=1"]
+            overrides = run_overrides(data, size, steps, batch, seed)
             torch.manual_seed(seed)
             start = time.time()
             metrics = fit(load_config(None, overrides), root / f"{name}-{seed}").best.metrics

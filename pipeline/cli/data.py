@@ -15,7 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
 
-    synth = actions.add_parser("synth", help="write a deterministic synthetic dataset (demo shapes, or dense)")
+    synth = actions.add_parser(
+        "synth", help="write a deterministic synthetic dataset (demo shapes, dense, overhead, aerial)"
+    )
     synth.add_argument("--out", required=True, help="dataset directory to create")
     synth.add_argument(
         "--preset",
@@ -23,11 +25,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="shapes",
         help="shapes: the demo (1-6 shapes of 3 classes per image); dense: 15-60 small overlapping objects of 5 "
         "classes (8-40 px at 384 px) on a textured background; overhead: a scene seen from above (cars and trucks "
-        "of 7-26 px at 512 px in rows at any heading, tree crowns, buildings, shadows)",
+        "of 7-26 px at 512 px in rows at any heading, tree crowns, buildings, shadows); aerial: large images (2,560 px "
+        "by default) of overhead scenes, hundreds of 7-64 px objects each (for data.tiling)",
     )
     synth.add_argument("--images", type=int, default=400, help="number of images (default 400)")
     synth.add_argument(
-        "--size", type=int, default=None, help="image side in px (default: 256 shapes, 384 dense, 512 overhead)"
+        "--size",
+        type=int,
+        default=None,
+        help="image side in px (default: 256 shapes, 384 dense, 512 overhead, 2560 aerial)",
     )
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--val-fraction", type=float, default=0.2)

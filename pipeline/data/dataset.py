@@ -2,7 +2,9 @@
 
 An item is ``image`` float [3,H,W] normalised, and a target dict with ``boxes`` float32 [n,4]
 xyxy model-input px, ``labels`` int64 [n], ``image_id`` int, ``scale`` float (model-input px per
-original px) and ``orig_size`` (h, w). `collate_fn` stacks images to [B,3,H,W].
+original px) and ``orig_size`` (h, w). With `data.tiling` an item is a window (`pipeline.data.tiling`): its
+target adds ``window`` (x0, y0, x1, y1 original px) and ``whole`` (the whole-image pass). `collate_fn` stacks
+images to [B,3,H,W].
 """
 
 from __future__ import annotations
@@ -144,10 +146,11 @@ def collate_fn(batch: list[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor, 
 
 
 def to_original_coordinates(detections: list[dict[str, torch.Tensor]], targets: list[Target]) -> list[dict[str, Any]]:
-    """Model detections (input px) -> evaluation predictions in original px, one per image.
+    """Model detections (input px) -> evaluation predictions in original px, one per item.
 
     ``detections`` as `EfficientDetForPrediction` returns them; ``targets`` the batch's targets.
-    Returns ``{"image_id", "boxes" ndarray [k,4] xyxy original px, "scores" [k], "labels" [k]}``.
+    Returns ``{"image_id", "boxes" ndarray [k,4] xyxy original px, "scores" [k], "labels" [k]}``, plus ``window``
+    and ``whole`` for a window of a sliced image (`pipeline.evaluation.merge_tiles` joins an image's windows).
     """
     predictions = []
     for det, target in zip(detections, targets, strict=True):

@@ -58,7 +58,8 @@ def evaluate_detector(detector: Detector, dataset_dir: str | os.PathLike, split:
     start = time.perf_counter()
     predictions = predict(detector.predictor, loader, detector.device)
     seconds = time.perf_counter() - start
-    predictions, max_detections = merge_windows(predictions, detector.tiling)  # sliced: one entry per image
+    per_pass = detector.package.postprocess.max_detections
+    predictions, max_detections = merge_windows(predictions, detector.tiling, per_pass)  # sliced: one entry per image
     metrics = evaluate_coco(dataset.coco, predictions, detector.label_map, max_detections=max_detections)
     metrics["num_images"] = len(dataset.images)
     metrics["seconds_per_image"] = seconds / max(1, len(dataset.images))

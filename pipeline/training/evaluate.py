@@ -36,14 +36,14 @@ def gather_predictions(predictions: list[dict[str, Any]]) -> list[dict[str, Any]
     return merge_prediction_shards(part or [] for part in gathered)
 
 
-def merge_windows(predictions: list[dict[str, Any]], tiling) -> tuple[list[dict[str, Any]], int]:
+def merge_windows(predictions: list[dict[str, Any]], tiling, per_pass: int = 100) -> tuple[list[dict[str, Any]], int]:
     """A sliced validation set's window predictions merged per image (`pipeline.evaluation.merge_tiles`), and the
     detections per image to score: all that the merge keeps (COCO's 100 would cap the recall of an image with
-    hundreds of objects), 100 for whole images."""
+    hundreds of objects); for whole images what a pass keeps (`eval.max_detections`), at least COCO's 100."""
     from pipeline.evaluation import merge_tiles
 
     if tiling is None:
-        return predictions, 100
+        return predictions, max(100, per_pass)
     merged = merge_tiles(predictions, tiling.overlap_px)
     return merged, max([100, *(len(p["scores"]) for p in merged)])
 
@@ -73,7 +73,8 @@ def evaluate(
     is_rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     metrics: dict[str, float] = {}
     if is_rank0:
-        predictions, max_detections = merge_windows(predictions, getattr(loader.dataset, "tiling", None))
+        per_pass = postprocess.max_detections if postprocess is not None else 100
+        predictions, max_detections = merge_windows(predictions, getattr(loader.dataset, "tiling", None), per_pass)
         scores = evaluate_coco(
             coco_gt, predictions, LabelMap.from_dict(label_map), pr_curve_path, max_detections=max_detections
         )

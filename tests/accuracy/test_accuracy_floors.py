@@ -22,29 +22,39 @@ pytestmark = pytest.mark.slow
 # Measured on a 2-core machine (torch 2.15, 2 threads), then floors at about half of it (the first figure before
 # the augmentation steps drew from one random stream, the second after):
 # shapes, 150 images at 128 px, 200 steps of 8: val AP 0.299 / AP50 0.680 in 59 s; 0.207 / 0.590
-SHAPES_STEPS, SHAPES_AP_FLOOR, SHAPES_AP50_FLOOR = 200, 0.15, 0.45
+SHAPES_STEPS, SHAPES_BATCH, SHAPES_AP_FLOOR, SHAPES_AP50_FLOOR = 200, 8, 0.15, 0.45
 # dense small objects, 100 images at 256 px, 120 steps of 8: val AP 0.023 / AP50 0.071 in 110 s; 0.028 / 0.074.
 # With augmentation seeded per image (db45b0b), seeds 0 / 1 / 2 on one 2-core machine: 0.0094 / 0.0401,
 # 0.0162 / 0.0511, 0.0116 / 0.0491 (and 0.0149 / 0.0479, 0.0140 / 0.0410, 0.0181 / 0.0677 on another CPU, whose
 # float rounding alone moves seed 0 from 0.0094 to 0.0149): this early in training the spread is +-40 %, so the
 # floor sits at about half the lowest run; a detector that has learned nothing scores ~0.000 here.
-DENSE_STEPS, DENSE_AP_FLOOR, DENSE_AP50_FLOOR = 120, 0.005, 0.02
+DENSE_STEPS, DENSE_BATCH, DENSE_AP_FLOOR, DENSE_AP50_FLOOR = 120, 8, 0.005, 0.02
 
 
-def _best_metrics(data: Path, size: int, steps: int, out: Path) -> dict[str, float]:
-    config = load_config(
-        None,
-        [
-            f"data.dir={data}",
-            "data.generate_if_missing=false",
-            "data.batch_size=8",
-            f"model.image_size={size}",
-            f"train.steps={steps}",
-            f"train.eval_every={steps // 2} steps",
-            "train.seed=0",
-            "ray.num_workers=1",
-        ],
-    )
+# name -> (generator preset, images, image size, optimizer steps, batch); benchmarks/bench_floors.py runs the same
+RUNS = {
+    "shapes": ("shapes", 150, 128, SHAPES_STEPS, SHAPES_BATCH),
+    "dense": ("dense", 100, 256, DENSE_STEPS, DENSE_BATCH),
+}
+
+
+def run_overrides(data: Path, size: int, steps: int, batch: int, seed: int = 0) -> list[str]:
+    """One floor run: evaluated once, at its end (an evaluation mid-way would cost time and choose nothing)."""
+    return [
+        f"data.dir={data}",
+        "data.generate_if_missing=false",
+        f"data.batch_size={batch}",
+        f"model.image_size={size}",
+        f"train.steps={steps}",
+        f"train.eval_every={steps} steps",
+        f"train.seed={seed}",
+        "ray.num_workers=1",
+    ]
+
+
+def _best_metrics(data: Path, name: str, out: Path) -> dict[str, float]:
+    _, _, size, steps, batch = RUNS[name]
+    config = load_config(None, run_overrides(data, size, steps, batch))
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the whole machine: these tests run alone
     torch.manual_seed(0)
@@ -67,10 +77,10 @@ def dense(tmp_path_factory) -> Path:
 
 
 def test_shapes_learn_to_a_floor(shapes, tmp_path):
-    metrics = _best_metrics(shapes, size=128, steps=SHAPES_STEPS, out=tmp_path)
+    metrics = _best_metrics(shapes, "shapes", tmp_path)
     assert metrics["val_AP50"] >= SHAPES_AP50_FLOOR and metrics["val_AP"] >= SHAPES_AP_FLOOR, metrics
 
 
 def test_dense_small_objects_learn_to_a_floor(dense, tmp_path):
-    metrics = _best_metrics(dense, size=256, steps=DENSE_STEPS, out=tmp_path)
+    metrics = _best_metrics(dense, "dense", tmp_path)
     assert metrics["val_AP50"] >= DENSE_AP50_FLOOR and metrics["val_AP"] >= DENSE_AP_FLOOR, metrics
