@@ -162,3 +162,43 @@ def test_bad_predictions_are_rejected():
         evaluate_coco(coco, [{**predictions[0], "scores": np.zeros(0)}], LABEL_MAP)
     with pytest.raises(KeyError, match="label 3"):
         evaluate_coco(coco, [{**predictions[0], "labels": np.full(len(predictions[0]["labels"]), 3)}], LABEL_MAP)
+
+
+def test_our_summary_equals_pycocotools_at_100_and_counts_more_detections_when_raised(tmp_path):
+    """`summary_at_max_detections` is what COCOeval.summarize prints for 100 detections per image, bit for bit, and
+    with `max_detections` raised it scores the detections past the 100th (an image with hundreds of objects)."""
+
+    from pipeline.data import write_synthetic_dataset
+    from pipeline.data.coco_index import load_coco
+    from pipeline.evaluation import STAT_INDEX
+    from pipeline.evaluation.coco_eval import summary_at_max_detections
+
+    root = write_synthetic_dataset(tmp_path / "d", num_images=20, size=128, seed=3, preset="dense")
+    gt = load_coco(root / "annotations" / "val.json")
+    rng = np.random.default_rng(0)
+    results = []
+    for a in gt.dataset["annotations"]:
+        x, y, w, h = np.asarray(a["bbox"]) + rng.normal(0, 1, 4)
+        results.append({**a, "bbox": [x, y, max(1.0, w), max(1.0, h)], "score": float(rng.uniform())})
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(
+            gt, gt.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in results]), "bbox"
+        )
+        evaluator.evaluate(), evaluator.accumulate(), evaluator.summarize()
+    ours = summary_at_max_detections(evaluator)
+    assert {k: ours[k] for k in STAT_INDEX} == {k: float(evaluator.stats[i]) for k, i in STAT_INDEX.items()}
+
+    # one image with 150 true boxes, predicted exactly: COCO's 100 caps recall at 2/3, 200 finds them all
+    image = {"id": 1, "file_name": "a.png", "width": 1000, "height": 1000}
+    boxes = [[40 * (k % 25), 40 * (k // 25), 30, 30] for k in range(150)]
+    anns = [
+        {"id": k + 1, "image_id": 1, "category_id": 1, "bbox": b, "area": 900, "iscrowd": 0}
+        for k, b in enumerate(boxes)
+    ]
+    many = coco_from_dict({"images": [image], "annotations": anns, "categories": [{"id": 1, "name": "x"}]})
+    xyxy = np.asarray([[x, y, x + w, y + h] for x, y, w, h in boxes], np.float32)
+    prediction = {"image_id": 1, "boxes": xyxy, "scores": np.linspace(1, 0.5, 150), "labels": np.zeros(150, np.int64)}
+    labels = LabelMap.from_categories([{"id": 1, "name": "x"}])
+    capped = evaluate_coco(many, [prediction], labels)
+    full = evaluate_coco(many, [prediction], labels, max_detections=200)
+    assert capped["AR100"] == pytest.approx(100 / 150, abs=0.01) and full["AR100"] == pytest.approx(1.0)
