@@ -66,8 +66,9 @@ class Choice:
 
 
 def fit_to_data(config: PipelineConfig, records) -> tuple[PipelineConfig, list[Choice]]:
-    """`config` with its `auto` input size, levels and augmentation fitted to the training `records`
-    (`pipeline.data.ImageRecord`s); the anchors stay `auto` (fitted next, at the chosen size and levels)."""
+    """`config` with its `auto` tiling, input size, levels and augmentation fitted to the training `records`
+    (`pipeline.data.ImageRecord`s; with tiling, the choices after it see the windows); the anchors stay `auto`
+    (fitted next, at the chosen size and levels)."""
     choices: list[Choice] = []
     if config.data.tiling == AUTO:
         choices.append(choose_tiling(config, records))
@@ -100,9 +101,9 @@ def training_records(config: PipelineConfig, records):
 
 
 def choose_tiling(config: PipelineConfig, records) -> Choice:
-    """`data.tiling`: windows at native resolution when the images are
-    at least TILE_RATIO x the input and their median box, fitted whole into the input that `image_size` gives
-    them, falls under BUDGET_MEDIAN_PX while at native resolution it does not."""
+    """`data.tiling`: windows at native resolution when the images are at least TILE_RATIO x the input and their
+    median box, fitted whole into the input an untiled run would take, falls under BUDGET_MEDIAN_PX while at native
+    resolution it does not."""
     relative, longer = _relative_sizes(records)
     if not len(relative):
         return Choice("data.tiling", "off", "no training boxes to fit")
