@@ -35,6 +35,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="predict large images by overlapping windows merged into one answer per image: auto = as the model "
         "was trained (its `tiling` tag), off = each image whole, PX = windows of PX source pixels",
     )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse images larger than N pixels, from their header (default 400,000,000: 20,000 px square)",
+    )
     parser.add_argument("--show", type=int, default=5, help="detections printed per image (all go to the JSON)")
     add_backend(parser)
     batch = parser.add_argument_group("batch prediction (INPUT is a folder or bucket prefix)")
@@ -56,7 +63,11 @@ def run(args: argparse.Namespace) -> int:
     slice_setting(args.slice, None)  # a bad --slice fails before anything loads
     if not 0.0 <= args.score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    for flag in ("batch_size", "num_workers", "shard_size", "cpus_per_worker"):
+    if args.max_image_pixels is None:
+        from pipeline.data.decode import DEFAULT_MAX_PIXELS
+
+        args.max_image_pixels = DEFAULT_MAX_PIXELS
+    for flag in ("batch_size", "num_workers", "shard_size", "cpus_per_worker", "max_image_pixels"):
         if getattr(args, flag) <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     source = args.images[0]
@@ -97,6 +108,7 @@ def run_batch(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold,
         draw=args.draw,
         slice=args.slice,
+        max_image_pixels=args.max_image_pixels,
     )
     started = not ray.is_initialized()
     if started:
@@ -125,7 +137,8 @@ def run_batch(args: argparse.Namespace) -> int:
 def run_files(args: argparse.Namespace) -> int:
     from pipeline.registry import decode_image, draw_detections, load_detector, to_coco_results
 
-    arrays = [decode_image(path, k) for k, path in enumerate(args.images)]  # every image readable before loading
+    # every image readable before the model loads
+    arrays = [decode_image(path, k, args.max_image_pixels) for k, path in enumerate(args.images)]
     detector, version = load_detector(
         tracking_uri(args),
         args.model,

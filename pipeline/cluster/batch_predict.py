@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.cluster.storage import TRACKING_HINT, is_local_tracking_store, may_span_nodes
 from pipeline.data import storage
+from pipeline.data.decode import DEFAULT_MAX_PIXELS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MANIFEST_FILE = "manifest.json"
@@ -43,6 +44,7 @@ class BatchJob:
     score_threshold: float = 0.0
     draw: bool = False
     slice: str = "auto"  # `pipeline.config.tiling.slice_setting`: the version's windows, off, or PX
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are listed as failed, from their header (decode.py)
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ class ShardPredictor:
         for offset, name in enumerate(names):
             location = storage.join(self.job.source, name)
             try:
-                array = decode_image(storage.read_bytes(location))
+                array = decode_image(storage.read_bytes(location), max_pixels=self.job.max_image_pixels)
             except (ImageInputError, storage.ObjectNotFound, FileNotFoundError) as e:  # this image, for good
                 failed.append({"file_name": name, "error": str(e).removeprefix("image 0: ")})
                 continue

@@ -12,6 +12,8 @@ from pipeline.config.tiling import TilingSpec, check_tiling, resolve_tiling
 SYNTH_PRESETS = ("shapes", "dense", "overhead", "aerial")  # `pipeline.data.synth.PRESETS`, named here for config checks
 
 VIEWS = ("auto", "overhead", "side")
+# 20,000 x 20,000 px: 1.2 GB as uint8 RGB, the largest image we expect a node to hold whole (pipeline/data/decode.py)
+DEFAULT_MAX_IMAGE_PIXELS = 400_000_000
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class DataConfig:
     # it) | off | {size: PX, overlap: F} | {scale: S, overlap: F}: training on windows that cover every box each
     # epoch, evaluation and prediction sliced and merged on the full images (pipeline/config/tiling.py)
     tiling: str | bool | dict = "auto"  # YAML reads a bare `off` as false: taken as off
+    # an image past this many pixels (or a decompression bomb declaring it) is refused from its header, by name
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         check(bool(self.dir), "data.dir", self.dir, "must be a non-empty path")
@@ -76,6 +80,7 @@ class DataConfig:
         )
         check(self.prefetch_factor >= 1, "data.prefetch_factor", self.prefetch_factor, "must be >= 1")
         choice("data.view", self.view, VIEWS)
+        check(self.max_image_pixels >= 1_000_000, "data.max_image_pixels", self.max_image_pixels, "must be >= 1000000")
         if self.tiling is False:
             object.__setattr__(self, "tiling", "off")
         try:

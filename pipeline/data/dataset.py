@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.data.coco_index import ImageRecord, load_split
-from pipeline.data.decode import decode_rgb, image_size
+from pipeline.data.decode import DEFAULT_MAX_PIXELS, decode_rgb, image_size
 from pipeline.data.layout import DatasetError, LabelMap, images_dir
 from pipeline.data.storage import Location, ObjectReader, StorageError
 from pipeline.data.tiling import TileRecord, TilingSpec, crop_window, eval_tiles, training_tiles
@@ -42,6 +42,7 @@ class DetectionDataset(Dataset):
         label_map: LabelMap | None = None,
         cache_dir: str | None = None,
         tiling: TilingSpec | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.dataset_dir = os.fspath(dataset_dir)
         self.split = split
@@ -49,6 +50,7 @@ class DetectionDataset(Dataset):
         self.coco, self.label_map, self.images = load_split(dataset_dir, split, label_map)
         self.reader = ObjectReader.for_images(images_dir(dataset_dir), cache_dir)
         self.tiling = tiling
+        self.max_pixels = max_pixels
         # the items: whole images, or windows (`pipeline.data.tiling`): training windows for train, every window
         # and the whole-image pass for evaluation
         self.records: list[ImageRecord] | list[TileRecord] = self.images
@@ -76,7 +78,8 @@ class DetectionDataset(Dataset):
             return self._window_item(record)
         source = record.source if isinstance(record, TileRecord) else record
         min_size = self.transform.min_source_size(source.height, source.width)
-        image = read_rgb(source, min_size, self.reader)  # uint8 [h', w', 3]: the file's size, or a JPEG decoded smaller
+        # uint8 [h', w', 3]: the file's size, or a JPEG decoded smaller
+        image = read_rgb(source, min_size, self.reader, self.max_pixels)
         # decoded px per original px: 1, or about 1/2, 1/4, 1/8 (sides round up, so each axis has its own)
         shrink_y, shrink = image.shape[0] / source.height, image.shape[1] / source.width
         boxes = np.asarray(source.boxes, np.float32).reshape(-1, 4) * np.float32([shrink, shrink_y] * 2)
@@ -112,12 +115,15 @@ class DetectionDataset(Dataset):
         """The source image at full resolution; the last one is kept, since a sliced image's windows come in a row
         (one image's pixels per process: memory stays bounded by the largest image)."""
         if self._decoded is None or self._decoded[0] != source.path:
-            self._decoded = (source.path, read_rgb(source, None, self.reader))
+            self._decoded = (source.path, read_rgb(source, None, self.reader, self.max_pixels))
         return self._decoded[1]
 
 
 def read_rgb(
-    record: ImageRecord, min_size: tuple[int, int] | None = None, reader: ObjectReader | None = None
+    record: ImageRecord,
+    min_size: tuple[int, int] | None = None,
+    reader: ObjectReader | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """The record's image as uint8 [h, w, 3] (a JPEG possibly decoded smaller, at least `min_size` (h, w): see
     `pipeline.data.decode`); a missing or corrupt file, or one whose size differs from the annotations', names the
@@ -126,7 +132,7 @@ def read_rgb(
         data = (reader or ObjectReader()).read(record.path)
         height, width = image_size(data)
         if (height, width) == (record.height, record.width):
-            image = decode_rgb(data, min_size)
+            image = decode_rgb(data, min_size, max_pixels)
     except StorageError as e:
         raise DatasetError(f"image id {record.image_id}: {e}") from e
     except Exception as e:  # PIL and simplejpeg raise many types for unreadable files

@@ -15,6 +15,7 @@ from pipeline.config.tiling import TilingSpec
 from pipeline.data import storage
 from pipeline.data.coco_index import ImageRecord
 from pipeline.data.dataset import DetectionDataset, collate_fn
+from pipeline.data.decode import DEFAULT_MAX_PIXELS
 from pipeline.data.layout import LabelMap
 from pipeline.data.samplers import FullBatchDistributedSampler, SeededSampler, ShardedEvalSampler
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentOptions, DetectionTransform
@@ -58,6 +59,7 @@ def build_dataloaders(
     engine: str = "torch",
     ray_cpus_per_task: float = 1.0,
     tiling: TilingSpec | None = None,
+    max_image_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DataLoaders:
     """Train and val loaders of ``dataset_dir`` for worker ``rank`` of ``world_size``.
 
@@ -69,15 +71,17 @@ def build_dataloaders(
     Train batches have exactly ``batch_size`` images and every image is seen at least once per
     epoch (see `FullBatchDistributedSampler`). ``train.dataset.label_map`` and ``val.dataset.coco``
     give the label map and the validation ground truth. ``tiling`` trains on windows of the images and evaluates
-    every window plus the whole image (`pipeline.data.tiling`); an epoch then counts windows.
+    every window plus the whole image (`pipeline.data.tiling`); an epoch then counts windows. An image past
+    ``max_image_pixels`` is refused by name, from its header.
     """
     if validate:
-        validate_dataset(dataset_dir, check_images=check_images).raise_if_fatal()
-    train_set = DetectionDataset(dataset_dir, "train", None, label_map, cache_dir=cache_dir, tiling=tiling)
+        validate_dataset(dataset_dir, check_images=check_images, max_pixels=max_image_pixels).raise_if_fatal()
+    sets = {"cache_dir": cache_dir, "tiling": tiling, "max_pixels": max_image_pixels}
+    train_set = DetectionDataset(dataset_dir, "train", None, label_map, **sets)
     options = training_augmentation(augment or parse_augment("default"), train_set.records, image_size)
     train_set.transform = DetectionTransform(image_size, mean, std, train=True, options=options)
     val_tf = DetectionTransform(image_size, mean, std, train=False)
-    val_set = DetectionDataset(dataset_dir, "val", val_tf, train_set.label_map, cache_dir=cache_dir, tiling=tiling)
+    val_set = DetectionDataset(dataset_dir, "val", val_tf, train_set.label_map, **sets)
     # keys (index, augmentation seed of (seed, epoch, index)): the same images and augmentation in either engine
     train_sampler = SeededSampler(FullBatchDistributedSampler(train_set, batch_size, world_size, rank, seed=seed), seed)
     val_sampler = SeededSampler(ShardedEvalSampler(len(val_set), rank, world_size), seed)

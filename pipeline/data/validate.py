@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from pipeline.config.checks import parse_image_check
 from pipeline.data import storage
-from pipeline.data.decode import image_size
+from pipeline.data.decode import DEFAULT_MAX_PIXELS, ImageTooLarge, check_pixels, decode_rgb, image_size
 from pipeline.data.layout import SPLITS, DatasetError, annotation_path, image_file, images_dir
 
 HEADER_BYTES = 64 * 1024  # a JPEG's size marker follows its EXIF block, which can take most of this
@@ -48,6 +46,7 @@ ZERO_AREA_BOX = "zero_area_box"
 BOX_OUTSIDE = "box_outside_image"
 BOX_CLIPPED = "box_clipped"
 CATEGORY_MISMATCH = "category_mismatch"
+IMAGE_TOO_LARGE = "image_too_large"  # past data.max_image_pixels, in the JSON or the file's header (never decoded)
 PATH_ESCAPE = "path_outside_images"  # a file_name that resolves outside DIR/images (.., absolute, symlink out)
 FILLED_FIELD = "filled_field"  # iscrowd/area absent, as many annotation tools write them: filled with the defaults
 
@@ -110,9 +109,13 @@ class ValidationReport:
 
 
 def validate_dataset(
-    dataset_dir: storage.Location, splits: Sequence[str] = SPLITS, check_images: bool | str = True
+    dataset_dir: storage.Location,
+    splits: Sequence[str] = SPLITS,
+    check_images: bool | str = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ValidationReport:
-    """Validate every split of a dataset directory; ``check_images`` is `all` (True), `sample:N` or `none` (False)."""
+    """Validate every split of a dataset directory; ``check_images`` is `all` (True), `sample:N` or `none` (False).
+    An image past ``max_pixels`` is fatal, from its JSON record and from its file's header."""
     limit = parse_image_check(check_images)
     report = ValidationReport(os.fspath(dataset_dir))
     categories: dict[str, dict[int, str]] = {}
@@ -122,7 +125,7 @@ def validate_dataset(
         if data is None:
             continue
         start = time.perf_counter()
-        problems = validate_coco(data, str(path), images_dir(dataset_dir), limit)
+        problems = validate_coco(data, str(path), images_dir(dataset_dir), limit, max_pixels)
         report.check_seconds += time.perf_counter() - start
         report.images_checked += len(data["images"]) if limit is None else min(limit, len(data["images"]))
         report.problems.extend(problems)
@@ -162,7 +165,11 @@ def _load_json(path: storage.Location, report: ValidationReport) -> dict[str, An
 
 
 def validate_coco(
-    data: dict[str, Any], json_file: str, image_root: storage.Location, image_limit: int | None = None
+    data: dict[str, Any],
+    json_file: str,
+    image_root: storage.Location,
+    image_limit: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[Problem]:
     """Problems of one parsed COCO detection dict whose images live under ``image_root``; ``image_limit`` images
     are read (None: all; a seeded sample otherwise)."""
@@ -179,16 +186,17 @@ def validate_coco(
             if count > 1:
                 problems.append(Problem(DUPLICATE_ID, json_file, f"{name} id {record_id}", f"used {count} times"))
     problems.extend(_escaping_paths(images, json_file, image_root))
+    problems.extend(_too_large(images, json_file, max_pixels))
     category_ids = {c["id"] for c in categories}
     by_id = {im["id"]: im for im in images}
     for ann in annotations:
         problems.extend(_check_annotation(ann, json_file, by_id, category_ids))
     problems.extend(_missing_field_notes(annotations, json_file))
     if image_limit is None or image_limit >= len(images):
-        problems.extend(_check_image_files(images, json_file, image_root))
+        problems.extend(_check_image_files(images, json_file, image_root, max_pixels))
     elif image_limit > 0:
-        sample = random.Random(0).sample(images, image_limit)
-        problems.extend(_check_image_files(sorted(sample, key=lambda im: im["id"]), json_file, image_root))
+        sample = sorted(random.Random(0).sample(images, image_limit), key=lambda im: im["id"])
+        problems.extend(_check_image_files(sample, json_file, image_root, max_pixels))
     return problems
 
 
@@ -306,7 +314,19 @@ def _escaping_paths(images: list[dict[str, Any]], json_file: str, root: storage.
     return problems
 
 
-def _check_image_files(images: list[dict[str, Any]], json_file: str, root: storage.Location) -> list[Problem]:
+def _too_large(images: list[dict[str, Any]], json_file: str, max_pixels: int) -> list[Problem]:
+    problems = []
+    for im in images:
+        try:
+            check_pixels(im["height"], im["width"], max_pixels)
+        except ImageTooLarge as e:
+            problems.append(Problem(IMAGE_TOO_LARGE, json_file, f"image id {im['id']}", f"the JSON says: {e}"))
+    return problems
+
+
+def _check_image_files(
+    images: list[dict[str, Any]], json_file: str, root: storage.Location, max_pixels: int
+) -> list[Problem]:
     remote = storage.is_remote(root)
 
     def check(im: dict[str, Any]) -> Problem | None:
@@ -315,9 +335,11 @@ def _check_image_files(images: list[dict[str, Any]], json_file: str, root: stora
         path = storage.join(root, im["file_name"])
         record = f"image id {im['id']} ({path})"
         try:
-            size = _remote_image_size(path) if remote else _decoded_image_size(Path(path))
+            size = _remote_image_size(path, max_pixels) if remote else _decoded_image_size(Path(path), max_pixels)
         except (FileNotFoundError, storage.ObjectNotFound):
             return Problem(MISSING_IMAGE, json_file, record, "image file not found")
+        except ImageTooLarge as e:
+            return Problem(IMAGE_TOO_LARGE, json_file, record, f"the file's header says: {e}")
         except Exception as e:  # PIL raises many types for corrupt files
             return Problem(CORRUPT_IMAGE, json_file, record, f"cannot {'read' if remote else 'decode'} image: {e}")
         if size != (im["width"], im["height"]):
@@ -330,17 +352,16 @@ def _check_image_files(images: list[dict[str, Any]], json_file: str, root: stora
         return [p for p in pool.map(check, images) if p is not None]
 
 
-def _decoded_image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of a local image after decoding every pixel: a truncated file fails here."""
+def _decoded_image_size(path: Path, max_pixels: int) -> tuple[int, int]:
+    """(width, height) of a local image after decoding every pixel as training will (`pipeline.data.decode`: the
+    size limit from the header first): a truncated file fails here."""
     if not path.is_file():
         raise FileNotFoundError(path)
-    with Image.open(path) as f:
-        size = f.size
-        f.load()
-    return size
+    height, width = decode_rgb(path.read_bytes(), max_pixels=max_pixels).shape[:2]
+    return width, height
 
 
-def _remote_image_size(location: str) -> tuple[int, int]:
+def _remote_image_size(location: str, max_pixels: int) -> tuple[int, int]:
     """(width, height) of an object from its header: the first bytes, or the whole object when the header is
     longer."""
     head = storage.read_head(location, HEADER_BYTES)
@@ -350,4 +371,5 @@ def _remote_image_size(location: str) -> tuple[int, int]:
         if len(head) < HEADER_BYTES:
             raise  # the whole object was read: it is not an image
         height, width = image_size(storage.read_bytes(location))
+    check_pixels(height, width, max_pixels)
     return width, height

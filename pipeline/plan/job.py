@@ -66,7 +66,8 @@ def resolve_job(config: PipelineConfig) -> ResolvedJob:
     uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri)
     tracking.check_tracking_store(uri)
     ensure_dataset(config.data)
-    report = validate_dataset(config.data.dir, check_images=config.data.check_images)
+    data = config.data
+    report = validate_dataset(data.dir, check_images=data.check_images, max_pixels=data.max_image_pixels)
     report.raise_if_fatal()
     config, choices, analysis = fit_auto(config)
     model = config.model.resolve()  # at the fitted size and levels: the divisibility is checked again

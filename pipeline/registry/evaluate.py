@@ -51,7 +51,12 @@ def evaluate_detector(detector: Detector, dataset_dir: str | os.PathLike, split:
 
     check_categories(dataset_dir, split, detector.label_map)
     dataset = DetectionDataset(
-        dataset_dir, split, detector.transform, label_map=detector.label_map, tiling=detector.tiling
+        dataset_dir,
+        split,
+        detector.transform,
+        label_map=detector.label_map,
+        tiling=detector.tiling,
+        max_pixels=detector.max_image_pixels,
     )
     loader = DataLoader(dataset, batch_size=detector.batch_size, shuffle=False, collate_fn=collate_fn)
 

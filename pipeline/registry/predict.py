@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import itertools
 import os
 from collections.abc import Sequence
@@ -19,10 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import UnidentifiedImageError
 
 from effdet_core import EfficientDetForPrediction, PostprocessConfig
 from pipeline.config.tiling import TilingSpec
 from pipeline.data import DetectionTransform, LabelMap, to_original_coordinates
+from pipeline.data.decode import DEFAULT_MAX_PIXELS, ImageTooLarge, decode_rgb
 from pipeline.data.tiling import crop_window, tile_windows
 from pipeline.evaluation import merge_tiles
 from pipeline.evaluation.coco_eval import coco_result
@@ -35,10 +36,9 @@ ImageInput = str | os.PathLike | bytes | bytearray | np.ndarray
 Detection = dict[str, Any]  # {"image_id", "box" [x1,y1,x2,y2] original px, "score", "label", "category_id"}
 
 
-def decode_image(image: ImageInput, index: int = 0) -> np.ndarray:
-    """Any accepted image form -> uint8 [h, w, 3] RGB."""
-    from PIL import Image
-
+def decode_image(image: ImageInput, index: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Any accepted image form -> uint8 [h, w, 3] RGB (files and bytes through `pipeline.data.decode`: TIFF of 8 or
+    16 bits included, an image past `max_pixels` refused from its header)."""
     if isinstance(image, np.ndarray):
         array = image
         if array.ndim == 2:
@@ -49,17 +49,19 @@ def decode_image(image: ImageInput, index: int = 0) -> np.ndarray:
             )
         return np.ascontiguousarray(array)
     if isinstance(image, bytes | bytearray):
-        source, what = io.BytesIO(bytes(image)), f"{len(image)} encoded bytes"
+        data, what = bytes(image), f"{len(image)} encoded bytes"
     elif isinstance(image, str | os.PathLike):
-        source, what = Path(image), f"file {os.fspath(image)!r}"
-        if not source.is_file():
+        path, what = Path(image), f"file {os.fspath(image)!r}"
+        if not path.is_file():
             raise ImageInputError(f"image {index}: {what} does not exist")
+        data = path.read_bytes()
     else:
         raise ImageInputError(f"image {index}: expected a path, bytes or uint8 array, got {type(image).__name__}")
     try:
-        with Image.open(source) as f:
-            return np.asarray(f.convert("RGB"))
-    except Image.UnidentifiedImageError:  # its message holds the repr of a buffer object: say it plainly
+        return decode_rgb(data, max_pixels=max_pixels)
+    except ImageTooLarge as e:
+        raise ImageInputError(f"image {index}: {what} refused: {e}") from None
+    except UnidentifiedImageError:  # its message holds the repr of a buffer object: say it plainly
         raise ImageInputError(f"image {index}: cannot decode {what}: not an image format PIL reads") from None
     except Exception as e:  # PIL raises many types for undecodable data
         raise ImageInputError(f"image {index}: cannot decode {what}: {e}") from None
@@ -85,6 +87,7 @@ class Detector:
     threads: int | None = None
     use_gpu: bool = False
     tiling: TilingSpec | None = None  # sliced prediction: windows merged per image (`pipeline.data.tiling`)
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images (or decompression bombs) are refused from the header
 
     def __post_init__(self) -> None:
         config = self.package.config
@@ -132,7 +135,7 @@ class Detector:
         return twin
 
     def with_backend(self, backend: str | None) -> Detector:
-        return Detector(self.package, self.batch_size, backend, self.threads, self.use_gpu, self.tiling)
+        return dataclasses.replace(self, backend=backend)
 
     def with_tiling(self, tiling: TilingSpec | None) -> Detector:
         """The same network and backend, predicting by windows (None: whole images)."""
@@ -180,7 +183,8 @@ class Detector:
         ids = list(range(len(images))) if image_ids is None else [int(i) for i in image_ids]
         if len(ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(ids)} image ids")
-        arrays = [decode_image(image, k) for k, image in enumerate(images)]  # all decoded before any inference
+        # all decoded before any inference
+        arrays = [decode_image(image, k, self.max_image_pixels) for k, image in enumerate(images)]
         return self.to_records(self.predict_arrays(arrays, ids))
 
     def to_records(self, predictions: Sequence[dict[str, Any]]) -> list[Detection]:

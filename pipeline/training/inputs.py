@@ -94,6 +94,7 @@ def build_loaders(
         engine=data.engine,
         ray_cpus_per_task=data.ray_cpus_per_task,
         tiling=data.tiling_spec(image_size[0]),
+        max_image_pixels=data.max_image_pixels,
     )
     train_set = loaders.train.dataset
     return Inputs(loaders.train, loaders.val, loaders.val.dataset.coco, train_set.label_map.to_dict())
