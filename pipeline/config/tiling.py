@@ -70,25 +70,24 @@ def resolve_tiling(value: Any, input_side: int) -> TilingSpec | None:
     return TilingSpec(int(size), float(value.get("overlap", DEFAULT_OVERLAP)))
 
 
-def tiling_tag(value: Any, input_side: int) -> str:
-    """A registered version's `tiling` tag: the fitted windows as JSON, or ``off``."""
+def tiling_from_tag(tag: str | None) -> TilingSpec | None:
+    """The windows of a registered version's `tiling` tag (JSON ``{"size", "overlap"}``, or ``off``)."""
     import json
 
-    if value in (None, "auto", "off"):
-        return "off"
-    return json.dumps(resolve_tiling(value, input_side).to_dict())
+    if tag in (None, "off"):
+        return None
+    spec = json.loads(tag)
+    return TilingSpec(int(spec["size"]), float(spec["overlap"]))
 
 
-def slice_setting(flag: str, tag: str | None) -> TilingSpec | None:
-    """`--slice auto|off|PX` against a version's `tiling` tag: auto follows the tag (off without one); PX slices
-    into PX windows overlapping DEFAULT_OVERLAP. ValueError names a bad flag."""
-    import json
-
-    if flag == "off" or (flag == "auto" and tag in (None, "off")):
+def slice_setting(flag: str, trained: TilingSpec | None) -> TilingSpec | None:
+    """`--slice auto|off|PX` against the windows a model was trained on: auto follows them (whole images for a
+    model trained on whole images); PX slices into PX windows overlapping DEFAULT_OVERLAP. ValueError names a bad
+    flag."""
+    if flag == "off":
         return None
     if flag == "auto":
-        spec = json.loads(tag)
-        return TilingSpec(int(spec["size"]), float(spec["overlap"]))
+        return trained
     if not flag.isdigit() or int(flag) < 32:
         raise ValueError(f"--slice {flag!r}: use auto (the model's own setting), off, or a window side in px >= 32")
     return TilingSpec(int(flag))

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 
 from effdet_core import EfficientDet
-from pipeline.config.tiling import tiling_tag
+from pipeline.config.tiling import resolve_tiling
 from pipeline.data import LabelMap
 from pipeline.registry.metadata import pick_metrics
 from pipeline.registry.registry import Registration, register_model
@@ -71,7 +71,7 @@ def register_from_checkpoint(
     check_tracking_store(tracking_uri)
     model, label_map = model_from_state(state, weights)
     tiling = (state.config.get("data") or {}).get("tiling")
-    extra = {"source_epoch": str(chosen.epoch), "tiling": tiling_tag(tiling, model.config.image_size[0])}
+    windows = None if tiling in (None, "auto", "off") else resolve_tiling(tiling, model.config.image_size[0])
     return register_model(
         model,
         label_map,
@@ -81,7 +81,8 @@ def register_from_checkpoint(
         dataset_fingerprint,
         run_id=run_id,
         force=force,
-        extra_tags=extra,
+        extra_tags={"source_epoch": str(chosen.epoch)},
+        tiling=windows,
         measure_latency=measure_latency,
         onnx=onnx,
         parity_data=data_dir if data_dir is not None else (state.config.get("data") or {}).get("dir"),

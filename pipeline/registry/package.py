@@ -4,7 +4,8 @@ label map (JSON), rebuilt into an `effdet_core` network with no pickled code any
 Layout of one model package (the three files are the pyfunc model's `artifacts`)::
 
     model.safetensors   state_dict of effdet_core.EfficientDet
-    model_config.json   {"format_version", "model": asdict(EfficientDetConfig), "num_classes", "postprocess"}
+    model_config.json   {"format_version", "model": asdict(EfficientDetConfig), "num_classes", "postprocess",
+                         "tiling": the training windows {"size", "overlap"} or null (optional: older packages)}
     label_map.json      pipeline.data.LabelMap.to_dict()
     model.onnx          optional: the ONNX Runtime serving graph (`pipeline.registry.onnx_backend`)
 """
@@ -22,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from effdet_core import EfficientDet, EfficientDetConfig, PostprocessConfig, create_model
+from pipeline.config.tiling import TilingSpec, check_tiling
 from pipeline.data import LabelMap
 from pipeline.registry.errors import ArtifactError
 from pipeline.registry.onnx_backend import ONNX_FILE
@@ -33,7 +35,8 @@ LABEL_MAP_FILE = "label_map.json"
 ARTIFACT_FILES: dict[str, str] = {"weights": WEIGHTS_FILE, "model_config": CONFIG_FILE, "label_map": LABEL_MAP_FILE}
 ONNX_ARTIFACT = "onnx"  # the optional fourth artifact key (file: onnx_backend.ONNX_FILE)
 FORMAT_VERSION = 1
-CONFIG_KEYS = ("format_version", "model", "num_classes", "postprocess")
+CONFIG_KEYS = ("format_version", "model", "num_classes", "postprocess")  # required
+OPTIONAL_KEYS = ("tiling",)
 # JSON has no tuples: these EfficientDetConfig fields are tuples (of tuples) and are converted back on load
 _TUPLE_FIELDS = ("image_size", "aspect_ratios", "mean", "std", "backbone_out_indices")
 
@@ -46,19 +49,23 @@ class ModelPackage:
     label_map: LabelMap
     postprocess: PostprocessConfig
     onnx_path: Path | None = None  # the serving graph, when the version carries one
+    tiling: TilingSpec | None = None  # the windows it was trained on: large images are predicted sliced
 
     @property
     def config(self) -> EfficientDetConfig:
         return self.model.config
 
 
-def config_dict(model: EfficientDet, postprocess: PostprocessConfig | None = None) -> dict[str, Any]:
+def config_dict(
+    model: EfficientDet, postprocess: PostprocessConfig | None = None, tiling: TilingSpec | None = None
+) -> dict[str, Any]:
     """The JSON-ready model config of `model` (the resolved EfficientDetConfig, not a variant name)."""
     return {
         "format_version": FORMAT_VERSION,
         "model": dataclasses.asdict(model.config),
         "num_classes": int(model.num_classes),
         "postprocess": dataclasses.asdict(postprocess or PostprocessConfig()),
+        "tiling": tiling.to_dict() if tiling is not None else None,
     }
 
 
@@ -68,9 +75,10 @@ def write_package(
     out_dir: str | os.PathLike,
     postprocess: PostprocessConfig | None = None,
     onnx_graph: str | os.PathLike | None = None,
+    tiling: TilingSpec | None = None,
 ) -> dict[str, str]:
     """Write the three artifact files into `out_dir`, plus the serving graph `onnx_graph` when given (copied);
-    returns {artifact key: path} for the pyfunc `artifacts`."""
+    returns {artifact key: path} for the pyfunc `artifacts`. `tiling`: the training windows (model_config.json)."""
     from safetensors.torch import save_file
 
     if label_map.num_classes != model.num_classes:
@@ -80,7 +88,7 @@ def write_package(
     # contiguous CPU clones: safetensors refuses shared or strided storage
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt", "num_classes": str(model.num_classes)})
-    (out / CONFIG_FILE).write_text(json.dumps(config_dict(model, postprocess), indent=2), encoding="utf-8")
+    (out / CONFIG_FILE).write_text(json.dumps(config_dict(model, postprocess, tiling), indent=2), encoding="utf-8")
     (out / LABEL_MAP_FILE).write_text(json.dumps(label_map.to_dict(), indent=2), encoding="utf-8")
     artifacts = {key: str(out / name) for key, name in ARTIFACT_FILES.items()}
     if onnx_graph is not None:
@@ -110,11 +118,13 @@ def _check_keys(path: Path, section: str, data: Any, valid: list[str], required:
         raise ArtifactError(f"{path}: {section} is missing key(s) {missing}")
 
 
-def read_model_config(path: str | os.PathLike) -> tuple[EfficientDetConfig, int, PostprocessConfig]:
+def read_model_config(
+    path: str | os.PathLike,
+) -> tuple[EfficientDetConfig, int, PostprocessConfig, TilingSpec | None]:
     """Parse and validate `model_config.json`; every key is checked before anything is built."""
     path = Path(path)
     data = _read_json(path)
-    _check_keys(path, "model config", data, list(CONFIG_KEYS), list(CONFIG_KEYS))
+    _check_keys(path, "model config", data, [*CONFIG_KEYS, *OPTIONAL_KEYS], list(CONFIG_KEYS))
     if data["format_version"] != FORMAT_VERSION:
         raise ArtifactError(f"{path}: format_version {data['format_version']!r} unsupported (reads {FORMAT_VERSION})")
     fields = dataclasses.fields(EfficientDetConfig)
@@ -127,9 +137,22 @@ def read_model_config(path: str | os.PathLike) -> tuple[EfficientDetConfig, int,
         raise ArtifactError(f"{path}: num_classes must be a positive integer, got {num_classes!r}")
     model_cfg = {k: _to_tuple(v) if k in _TUPLE_FIELDS else v for k, v in data["model"].items()}
     try:
-        return EfficientDetConfig(**model_cfg), num_classes, PostprocessConfig(**data["postprocess"])
+        config, postprocess = EfficientDetConfig(**model_cfg), PostprocessConfig(**data["postprocess"])
     except (TypeError, ValueError) as e:
         raise ArtifactError(f"{path}: invalid model config: {e}") from None
+    return config, num_classes, postprocess, _read_tiling(path, data.get("tiling"))
+
+
+def _read_tiling(path: Path, value: Any) -> TilingSpec | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"size", "overlap"}:
+        raise ArtifactError(f'{path}: \'tiling\' must be null or {{"size": PX, "overlap": F}}, got {value!r}')
+    try:
+        check_tiling(value)
+    except ValueError as e:
+        raise ArtifactError(f"{path}: 'tiling': {e}") from None
+    return TilingSpec(int(value["size"]), float(value["overlap"]))
 
 
 def _to_tuple(value: Any) -> Any:
@@ -183,7 +206,7 @@ def load_package(
 ) -> ModelPackage:
     """Rebuild the network from `effdet_core` and load the weights; config and label map are validated first.
     `onnx`: the version's serving graph, if it has one (loaded later, by the onnxruntime backend)."""
-    config, num_classes, postprocess = read_model_config(model_config)
+    config, num_classes, postprocess, tiling = read_model_config(model_config)
     labels = read_label_map(label_map, num_classes)
     if not Path(weights).is_file():  # before the (slow) model build
         raise ArtifactError(f"model artifact {weights} is missing")
@@ -192,7 +215,7 @@ def load_package(
     if onnx is not None and not Path(onnx).is_file():
         raise ArtifactError(f"model artifact {onnx} is missing")
     onnx_path = Path(onnx) if onnx is not None else None
-    return ModelPackage(model=model.eval(), label_map=labels, postprocess=postprocess, onnx_path=onnx_path)
+    return ModelPackage(model.eval(), labels, postprocess, onnx_path, tiling)
 
 
 def load_package_dir(directory: str | os.PathLike) -> ModelPackage:

@@ -16,6 +16,10 @@ Output: one row per detection: image_id, box [x1, y1, x2, y2] (original px), sco
 Backend: ONNX Runtime when the version carries a serving graph, PyTorch otherwise; override with
 `mlflow.pyfunc.load_model(uri, model_config={"backend": "torch"})` or, for `mlflow models serve`, the
 environment variable EFFDET_BACKEND=torch|onnxruntime.
+
+Slicing: a model trained on windows of large images (its package's `tiling`) predicts every image by those windows,
+merged into one answer in the image's own pixels; `model_config={"slice": "off" | "auto" | "PX"}` or
+EFFDET_SLICE overrides it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from pipeline.config.tiling import slice_setting
 from pipeline.registry.errors import ArtifactError, ImageInputError
 from pipeline.registry.package import ARTIFACT_FILES, ONNX_ARTIFACT, load_package
 from pipeline.registry.predict import Detector
@@ -38,8 +43,10 @@ ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")
 INPUT_COLUMNS = ("image", "path", "image_id")
 OUTPUT_COLUMNS = ("image_id", "box", "score", "label", "category_id")
 BACKEND_ENV = "EFFDET_BACKEND"
-# the logged model_config: backend auto | onnxruntime | torch, threads 0 = ONNX Runtime's default, use_gpu
-PYFUNC_SETTINGS: dict[str, Any] = {"backend": "auto", "threads": 0, "use_gpu": False}
+SLICE_ENV = "EFFDET_SLICE"
+# the logged model_config: backend auto | onnxruntime | torch, threads 0 = ONNX Runtime's default, use_gpu,
+# slice auto (the package's training windows) | off | PX
+PYFUNC_SETTINGS: dict[str, Any] = {"backend": "auto", "threads": 0, "use_gpu": False, "slice": "auto"}
 
 
 class EfficientDetPyfunc(mlflow.pyfunc.PythonModel):
@@ -53,8 +60,10 @@ class EfficientDetPyfunc(mlflow.pyfunc.PythonModel):
             raise ArtifactError(f"logged model lacks artifact(s) {missing}; it has {sorted(context.artifacts)}")
         files = {key: context.artifacts[key] for key in ARTIFACT_FILES}
         package = load_package(**files, onnx=context.artifacts.get(ONNX_ARTIFACT))
-        backend, threads, use_gpu = pyfunc_settings(getattr(context, "model_config", None) or {})
-        self.detector = Detector(package, backend=backend, threads=threads, use_gpu=use_gpu)
+        model_config = getattr(context, "model_config", None) or {}
+        backend, threads, use_gpu = pyfunc_settings(model_config)
+        tiling = slice_setting(_slice_flag(model_config), package.tiling)
+        self.detector = Detector(package, backend=backend, threads=threads, use_gpu=use_gpu, tiling=tiling)
         # one line in the server's log: which backend answers (`mlflow models serve` shows nothing else)
         print(f"EfficientDet pyfunc: backend {self.detector.backend}", file=sys.stderr, flush=True)
 
@@ -87,6 +96,14 @@ def pyfunc_settings(model_config: dict[str, Any]) -> tuple[str | None, int | Non
     if isinstance(use_gpu, str):
         use_gpu = use_gpu.strip().lower() in ("1", "true", "yes")
     return (None if backend == "auto" else backend), (threads or None), bool(use_gpu)
+
+
+def _slice_flag(model_config: dict[str, Any]) -> str:
+    """model_config's `slice`; when it is auto, EFFDET_SLICE may override it (`mlflow models serve` has no flags)."""
+    flag = str(model_config.get("slice") or "auto")
+    if flag == "auto" and os.environ.get(SLICE_ENV):
+        return os.environ[SLICE_ENV]
+    return flag
 
 
 def parse_model_input(model_input: Any) -> tuple[list[Any], list[int]]:

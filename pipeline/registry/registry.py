@@ -8,6 +8,7 @@ the duration of a call and restored afterwards (`using_tracking_uri`).
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import tempfile
@@ -18,6 +19,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.config.tiling import TilingSpec
 from pipeline.registry.errors import PromotionRefused, RegistryError
 from pipeline.tracking import SQLITE_PREFIX
 
@@ -118,9 +120,10 @@ def log_detector(
     experiment: str = DEFAULT_EXPERIMENT,
     postprocess: PostprocessConfig | None = None,
     onnx_graph: str | os.PathLike | None = None,
+    tiling: TilingSpec | None = None,
 ) -> str:
     """Log `model` as a pyfunc logged model (in `run_id`'s experiment when given), with its serving graph
-    `onnx_graph` when given; returns its model id."""
+    `onnx_graph` when given and its training windows `tiling`; returns its model id."""
     import mlflow
     from mlflow.models import Model
 
@@ -131,7 +134,7 @@ def log_detector(
     experiment_id = c.get_run(run_id).info.experiment_id if run_id else ensure_experiment(tracking_uri, experiment)
     logged = c.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id)
     with tempfile.TemporaryDirectory(prefix="effdet-package-") as tmp, using_tracking_uri(tracking_uri):
-        artifacts = write_package(model, label_map, tmp, postprocess, onnx_graph)
+        artifacts = write_package(model, label_map, tmp, postprocess, onnx_graph, tiling)
         Model.log(
             artifact_path=None,  # deprecated in MLflow 3 in favour of name, but still a required parameter
             name=MODEL_NAME,
@@ -227,13 +230,16 @@ def register_model(
     measure_latency: bool = True,
     onnx: bool = True,
     parity_data: str | os.PathLike | None = None,
+    tiling: TilingSpec | None = None,
 ) -> Registration:
     """Log `model`, register it as a new version of `name` with tags, and move `champion` only if it is better.
 
     `metrics` needs val_AP and val_AP50 (or AP / AP50) on the validation set whose `dataset_fingerprint` is given.
     The new version gets `challenger` when it does not become champion. With `onnx`, the version also carries
     the ONNX Runtime serving graph, its detections compared with PyTorch's on val images of `parity_data` (a
-    dataset directory; generated images without one), the figures in `onnx_*` tags.
+    dataset directory; generated images without one), the figures in `onnx_*` tags. `tiling`: the windows the
+    model was trained on; the package carries them (so the pyfunc and `mlflow models serve` slice large images as
+    the model was trained) and so does the version's `tiling` tag.
     """
 
     from pipeline.registry.metadata import code_version, model_tags, pick_metrics
@@ -246,6 +252,7 @@ def register_model(
         **{k: f"{v:.6f}" for k, v in scores.items()},
         "dataset_fingerprint": dataset_fingerprint,
         "code_version": code_version(),
+        "tiling": json.dumps(tiling.to_dict()) if tiling is not None else "off",
         **(extra_tags or {}),
     }
     if run_id:
@@ -258,7 +265,7 @@ def register_model(
         else:
             tags["onnx"] = "off"
         model_id = log_detector(
-            model, label_map, tracking_uri, run_id=run_id, postprocess=postprocess, onnx_graph=graph
+            model, label_map, tracking_uri, run_id=run_id, postprocess=postprocess, onnx_graph=graph, tiling=tiling
         )
     c = client(tracking_uri)
     _ensure_registered_model(c, name)
@@ -383,12 +390,12 @@ def load_detector(
     trained with, its `tiling` tag), off, or a window side in px (`pipeline.config.tiling.slice_setting`)."""
     import mlflow.pyfunc
 
-    from pipeline.config.tiling import slice_setting
+    from pipeline.config.tiling import slice_setting, tiling_from_tag
     from pipeline.registry.predict import Detector
 
     slice_setting(slice, None)  # a bad flag fails before the model loads
     mv = get_version(tracking_uri, ref)
-    settings = {"backend": backend or "auto", "threads": threads or 0, "use_gpu": use_gpu}
+    settings = {"backend": backend or "auto", "threads": threads or 0, "use_gpu": use_gpu, "slice": slice}
     has_settings = "onnx" in mv.tags  # versions logged before the backends take no model_config
     with using_tracking_uri(tracking_uri):
         uri = f"models:/{mv.name}/{mv.version}"
@@ -397,5 +404,7 @@ def load_detector(
     if not has_settings and (backend, threads, use_gpu) != (None, None, False):
         detector = Detector(detector.package, batch_size, backend, threads, use_gpu)
     detector.batch_size = batch_size
-    detector.tiling = slice_setting(slice, mv.tags.get("tiling"))
+    # the package's windows; versions registered before packages carried them have only the tag
+    trained = detector.package.tiling or tiling_from_tag(mv.tags.get("tiling"))
+    detector.tiling = slice_setting(slice, trained)
     return detector, mv

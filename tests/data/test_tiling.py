@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, load_config
-from pipeline.config.tiling import TilingSpec, slice_setting
+from pipeline.config.tiling import TilingSpec, slice_setting, tiling_from_tag
 from pipeline.data.coco_index import ImageRecord
 from pipeline.data.tiling import crop_window, eval_tiles, tile_windows, training_tiles
 from pipeline.evaluation import merge_tiles
@@ -194,10 +194,11 @@ def test_bad_tiling_values_are_refused_by_name(value, message):
     assert message in str(error.value)
 
 
-def test_the_slice_flag_follows_the_versions_tag_unless_set():
-    assert slice_setting("auto", '{"size": 512, "overlap": 0.25}') == TilingSpec(512, 0.25)
-    assert slice_setting("auto", "off") is None and slice_setting("auto", None) is None
-    assert slice_setting("off", '{"size": 512, "overlap": 0.25}') is None
+def test_the_slice_flag_follows_the_models_windows_unless_set():
+    trained = tiling_from_tag('{"size": 512, "overlap": 0.25}')
+    assert slice_setting("auto", trained) == TilingSpec(512, 0.25)
+    assert tiling_from_tag("off") is None and slice_setting("auto", None) is None
+    assert slice_setting("off", trained) is None
     assert slice_setting("640", None) == TilingSpec(640)
     with pytest.raises(ValueError, match="--slice 'big'"):
         slice_setting("big", None)

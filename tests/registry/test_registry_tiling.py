@@ -1,13 +1,19 @@
-"""A model trained by windows keeps its windows in the registry: `predict` and `evaluate` slice by the version's
-`tiling` tag unless `--slice` says otherwise, and answer in the images' own pixels."""
+"""A model trained by windows keeps its windows in the registry (its package and its `tiling` tag): `predict`,
+`evaluate` and the pyfunc (`mlflow models serve`) slice by them unless told otherwise, and answer in the images'
+own pixels."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 
+import mlflow.pyfunc
 import numpy as np
+import pandas as pd
+from PIL import Image
 
 from pipeline.config.tiling import TilingSpec
+from pipeline.registry.registry import using_tracking_uri
 
 
 def test_the_versions_windows_travel_to_prediction_and_evaluation(make_state, dataset, tmp_path):
@@ -25,7 +31,7 @@ def test_the_versions_windows_travel_to_prediction_and_evaluation(make_state, da
     )
     detector, version = load_detector(uri, registration.model_uri, backend="torch")
     assert version.tags["tiling"] == '{"size": 64, "overlap": 0.25}'
-    assert detector.tiling == TilingSpec(64, 0.25)
+    assert detector.tiling == detector.package.tiling == TilingSpec(64, 0.25)
     assert load_detector(uri, registration.model_uri, backend="torch", slice="off")[0].tiling is None
 
     image = np.random.default_rng(0).integers(0, 255, (150, 200, 3), np.uint8)  # 4 x 3 windows + the whole pass
@@ -37,3 +43,15 @@ def test_the_versions_windows_travel_to_prediction_and_evaluation(make_state, da
 
     metrics = evaluate_detector(detector, dataset)  # on the 128 px val images: each is one 64 px-window grid
     assert metrics["num_images"] == 2 and 0.0 <= metrics["AP"] <= 1.0
+
+    # the pyfunc as MLflow loads it (and `mlflow models serve` runs it): the same sliced answer from the package
+    with using_tracking_uri(uri):
+        pyfunc = mlflow.pyfunc.load_model(registration.model_uri, model_config={"backend": "torch"})
+        whole = mlflow.pyfunc.load_model(registration.model_uri, model_config={"backend": "torch", "slice": "off"})
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    request = pd.DataFrame({"image": [png.getvalue()]})  # as a REST request arrives (base64 decoded by MLflow)
+    served = pyfunc.predict(request)
+    assert len(served) == len(sliced)
+    np.testing.assert_allclose(np.stack(served["box"].to_numpy()), boxes, atol=1e-3)
+    assert len(whole.predict(request)) <= 100  # one pass: at most the model's 100 detections
