@@ -29,6 +29,12 @@ def prepare_batch(batch: dict[str, np.ndarray], dataset: DetectionDataset) -> di
     """Ray Data UDF: items `{"index", "seed"}` -> decoded, augmented, normalised images and their targets."""
     rows = [dataset[int(index), int(seed)] for index, seed in zip(batch["index"], batch["seed"], strict=True)]
     targets = [target for _, target in rows]
+    windows = {}
+    if "window" in targets[0]:  # a tiled dataset: every item is a window or an image's whole pass
+        windows = {
+            "window": np.array([t["window"] for t in targets], np.int64),  # [B, 4] x0, y0, x1, y1 original px
+            "whole": np.array([t["whole"] for t in targets], bool),
+        }
     return {
         "image": np.stack([image.numpy() for image, _ in rows]),  # float32 [B, 3, H, W]
         "boxes": _ragged([t["boxes"].numpy() for t in targets]),  # B x float32 [n, 4]
@@ -36,6 +42,7 @@ def prepare_batch(batch: dict[str, np.ndarray], dataset: DetectionDataset) -> di
         "image_id": np.array([t["image_id"] for t in targets], np.int64),
         "scale": np.array([t["scale"] for t in targets], np.float64),
         "orig_size": np.array([t["orig_size"] for t in targets], np.int64),  # [B, 2] (h, w)
+        **windows,
     }
 
 
@@ -59,6 +66,9 @@ def to_torch(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, list[Target]]:
             batch["boxes"], batch["labels"], batch["image_id"], batch["scale"], batch["orig_size"], strict=True
         )
     ]
+    if "window" in batch:
+        for target, window, whole in zip(targets, batch["window"], batch["whole"], strict=True):
+            target.update(window=tuple(int(v) for v in window), whole=bool(whole))
     return torch.from_numpy(np.array(batch["image"], np.float32, copy=True)), targets  # writable, as a DataLoader's
 
 

@@ -234,3 +234,26 @@ def test_rank_zero_sees_the_drivers_stop_request_without_blocking():
     ray.wait([poll._stop], timeout=30)  # the request reaches the pending wait() (an event, not a sleep)
     assert poll() == "stop"
     ray.kill(flag)
+
+
+def test_ray_data_engine_trains_and_evaluates_the_same_windows_as_the_dataloader(tiny_dataset):
+    """`data.tiling` with `data.engine: ray`: the same training windows (augmented alike) and the same evaluation
+    windows, with the window each target came from."""
+    import torch
+
+    from pipeline.config.tiling import TilingSpec
+    from pipeline.data import build_dataloaders
+
+    options = {"batch_size": 4, "validate": False, "seed": 3, "tiling": TilingSpec(96, 0.25)}
+    ray_data = build_dataloaders(tiny_dataset, 96, engine="ray", ray_cpus_per_task=0.5, **options)
+    torch_data = build_dataloaders(tiny_dataset, 96, engine="torch", **options)
+    assert len(torch_data.train.dataset) > len(torch_data.train.dataset.images)  # items are windows
+    ray_data.train.sampler.set_epoch(1)
+    torch_data.train.sampler.set_epoch(1)
+    for split in ("train", "val"):
+        got, expected = list(getattr(ray_data, split)), list(getattr(torch_data, split))
+        assert len(got) == len(expected) > 0
+        for (images, targets), (want, want_targets) in zip(got, expected, strict=True):
+            assert torch.equal(images, want)  # [4, 3, 96, 96]
+            assert [tuple(t["window"]) for t in targets] == [tuple(t["window"]) for t in want_targets]
+            assert [bool(t["whole"]) for t in targets] == [bool(t["whole"]) for t in want_targets]
