@@ -52,11 +52,12 @@ def search_command(root: Path, *extra: str) -> list[str]:
 
 
 def _wait_for_second_trial(proc: subprocess.Popen, runs: Path, timeout: float = 300) -> None:
-    """Until the first trial's last epoch checkpoint exists and the second trial's Train run has started."""
+    """Until the first trial's last epoch checkpoint exists and Tune has started the second trial (its trial
+    folder, written when Tune starts it: its Train run comes some 10 s later, not needed to stop it)."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         first_done = any(runs.glob("*_00000/step_0000024"))  # epoch 2 of 12 steps (96 images, batch 8)
-        if first_done and any(runs.glob("*_00001")):
+        if first_done and any(runs.parent.glob("run_trial_*_00001_*")):
             return
         time.sleep(0.5)
     raise AssertionError(f"the second trial never started (search exit code {proc.poll()})")
