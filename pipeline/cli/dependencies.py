@@ -20,6 +20,8 @@ REQUIRED_MODULES: dict[str, str] = {
     "safetensors": "safetensors",
     "pillow": "PIL",
     "simplejpeg": "simplejpeg",
+    "tifffile": "tifffile",
+    "imagecodecs": "imagecodecs",
     "pycocotools": "pycocotools",
     "pyarrow": "pyarrow",
     "albumentations": "albumentations",

@@ -166,17 +166,21 @@ class Detector:
                 yield tensor, {**meta, "window": (0, 0, width, height), "whole": True}
 
     @torch.no_grad()
-    def predict_arrays(self, images: Sequence[np.ndarray], image_ids: Sequence[int]) -> list[dict[str, Any]]:
-        """Evaluation-format predictions (`pipeline.evaluation.evaluate_coco` input), one per image; sliced
-        (`tiling`): every window's detections in the image's pixels, merged (`pipeline.evaluation.merge_tiles`)."""
+    def predict_passes(self, images: Sequence[np.ndarray], image_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Evaluation-format predictions of every model pass, in the images' pixels: one per image, or sliced
+        (`tiling`) one per window and whole-image pass, each with its `window` and `whole`, not yet merged."""
         out: list[dict[str, Any]] = []
         items = self._items(images, image_ids)
         while batch := list(itertools.islice(items, self.batch_size)):
             tensors = torch.stack([t for t, _ in batch]).to(self.device)  # [B, 3, H, W]
             out.extend(to_original_coordinates(self.predictor(tensors), [meta for _, meta in batch]))
-        if self.tiling is not None:
-            out = merge_tiles(out, self.tiling.overlap_px)
         return out
+
+    def predict_arrays(self, images: Sequence[np.ndarray], image_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Evaluation-format predictions (`pipeline.evaluation.evaluate_coco` input), one per image; sliced
+        (`tiling`): every window's detections in the image's pixels, merged (`pipeline.evaluation.merge_tiles`)."""
+        out = self.predict_passes(images, image_ids)
+        return merge_tiles(out, self.tiling.overlap_px) if self.tiling is not None else out
 
     def predict(self, images: Sequence[ImageInput], image_ids: Sequence[int] | None = None) -> list[Detection]:
         """Detections of every image as flat records, sorted by image then decreasing score."""

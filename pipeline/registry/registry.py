@@ -39,6 +39,9 @@ _RUNTIME_PACKAGES = (
     "numpy",
     "pandas",
     "pillow",
+    "simplejpeg",
+    "tifffile",  # TIFF requests (orthophotos): pipeline/data/tiff.py
+    "imagecodecs",
     "albumentations",
     "opencv-python-headless",
     "pycocotools",
