@@ -7,8 +7,8 @@ scored by COCO on the full images. Also times each merge. Run alone (2 cores).
 
 CHECKPOINT: a training checkpoint of a tiled run (e.g. the `best_checkpoint` folder `bench_tiling.sh` leaves under
 outputs/tiling/tiled/...). Needs the comparison's own packages (not project dependencies):
-`uv pip install ensemble-boxes && uv pip install --no-deps sahi pybboxes` (sahi's own pin would replace the
-opencv-python-headless that albumentations uses with opencv-python).
+`uv pip install ensemble-boxes shapely tqdm requests && uv pip install --no-deps sahi` (without --no-deps, sahi
+brings opencv-python, whose cv2 overwrites the opencv-python-headless that albumentations uses).
 """
 
 from __future__ import annotations
