@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.config.data import SYNTH_PRESETS
+from pipeline.config.data import DEFAULT_MAX_IMAGE_PIXELS, SYNTH_PRESETS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -67,6 +67,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "whole, objects in a bucket checked from their header (format and size)",
     )
     validate.add_argument("--skip-images", action="store_true", help="the same as --check-images none")
+    validate.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metavar="N",
+        help="an image past N pixels is an error, from its JSON record and its header (data.max_image_pixels; "
+        f"default {DEFAULT_MAX_IMAGE_PIXELS:,})",
+    )
     validate.set_defaults(func=_validate)
 
     from pipeline.cli.common import add_config_arguments
@@ -136,7 +144,8 @@ def _validate(args: argparse.Namespace) -> int:
     from pipeline.data.validate import validate_dataset
 
     try:
-        report = validate_dataset(args.dataset_dir, check_images="none" if args.skip_images else args.check_images)
+        check_images = "none" if args.skip_images else args.check_images
+        report = validate_dataset(args.dataset_dir, check_images=check_images, max_pixels=args.max_image_pixels)
     except (DatasetError, ValueError) as e:  # an unreachable bucket, a bad --check-images
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -73,6 +73,8 @@ def test_cli_synth_then_validate(tmp_path, capsys):
     assert run_cli("synth", "--out", str(tmp_path / "demo"), "--images", "10", "--size", "64", "--seed", "2") == 0
     assert run_cli("validate", str(tmp_path / "demo")) == 0
     assert "0 fatal problem(s)" in capsys.readouterr().out
+    assert run_cli("validate", str(tmp_path / "demo"), "--max-image-pixels", "4000") == 1  # 64 x 64 = 4,096
+    assert "[image_too_large]" in capsys.readouterr().out
     assert run_cli("synth", "--out", str(tmp_path / "demo"), "--images", "10") == 1  # refuses to overwrite
     assert "exists" in capsys.readouterr().err
 
