@@ -67,6 +67,16 @@ def test_a_four_band_tiff_is_read_as_its_first_three_and_more_bands_or_cmyk_are_
         decode_rgb(_tiff(rgbn, photometric="separated"))
 
 
+def test_palette_and_white_is_zero_tiffs_read_as_they_display():
+    index = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    colormap = np.zeros((3, 256), np.uint16)  # [3, 2**8] uint16: red ramps with the index, green full, blue none
+    colormap[0], colormap[1] = np.arange(256) * 257, 65535
+    rgb = decode_rgb(_tiff(index, photometric="palette", colormap=colormap))
+    np.testing.assert_array_equal(rgb[..., 0], index)
+    assert (rgb[..., 1] == 255).all() and (rgb[..., 2] == 0).all()
+    np.testing.assert_array_equal(decode_rgb(_tiff(index, photometric="miniswhite"))[..., 0], 255 - index)
+
+
 def test_a_truncated_tiff_is_refused_naming_the_file(tmp_path):
     data = _tiff(_twelve_bit())
     path = tmp_path / "ortho.tif"
