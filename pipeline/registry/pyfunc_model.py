@@ -65,7 +65,8 @@ class EfficientDetPyfunc(mlflow.pyfunc.PythonModel):
         tiling = slice_setting(_slice_flag(model_config), package.tiling)
         self.detector = Detector(package, backend=backend, threads=threads, use_gpu=use_gpu, tiling=tiling)
         # one line in the server's log: which backend answers (`mlflow models serve` shows nothing else)
-        print(f"EfficientDet pyfunc: backend {self.detector.backend}", file=sys.stderr, flush=True)
+        windows = f"windows of {tiling.size} px, overlap {tiling.overlap}" if tiling else "whole images"
+        print(f"EfficientDet pyfunc: backend {self.detector.backend}, {windows}", file=sys.stderr, flush=True)
 
     # MLflow reads predict's type hint as a schema; pd.DataFrame tells it "use the logged signature instead",
     # which is what enforcement hands us. Direct calls on the unwrapped model may also pass lists (see below).

@@ -16,7 +16,7 @@ from pipeline.config.tiling import TilingSpec
 from pipeline.registry.registry import using_tracking_uri
 
 
-def test_the_versions_windows_travel_to_prediction_and_evaluation(make_state, dataset, tmp_path):
+def test_the_versions_windows_travel_to_prediction_and_evaluation(make_state, dataset, tmp_path, monkeypatch):
     from pipeline.registry import dataset_fingerprint, load_detector, register_from_checkpoint
     from pipeline.registry.evaluate import evaluate_detector
     from pipeline.training.checkpoint import save_checkpoint
@@ -55,3 +55,7 @@ def test_the_versions_windows_travel_to_prediction_and_evaluation(make_state, da
     assert len(served) == len(sliced)
     np.testing.assert_allclose(np.stack(served["box"].to_numpy()), boxes, atol=1e-3)
     assert len(whole.predict(request)) <= 100  # one pass: at most the model's 100 detections
+    monkeypatch.setenv("EFFDET_SLICE", "off")  # what `mlflow models serve` can be given
+    with using_tracking_uri(uri):
+        served_whole = mlflow.pyfunc.load_model(registration.model_uri, model_config={"backend": "torch"})
+    assert served_whole.unwrap_python_model().detector.tiling is None
