@@ -64,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     if args.max_image_pixels is None:
-        from pipeline.data.decode import DEFAULT_MAX_PIXELS
+        from pipeline.data.decode import DEFAULT_MAX_IMAGE_PIXELS
 
-        args.max_image_pixels = DEFAULT_MAX_PIXELS
+        args.max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
     for flag in ("batch_size", "num_workers", "shard_size", "cpus_per_worker", "max_image_pixels"):
         if getattr(args, flag) <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.cluster.storage import TRACKING_HINT, is_local_tracking_store, may_span_nodes
 from pipeline.data import storage
-from pipeline.data.decode import DEFAULT_MAX_PIXELS
+from pipeline.data.decode import DEFAULT_MAX_IMAGE_PIXELS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MANIFEST_FILE = "manifest.json"
@@ -44,7 +44,9 @@ class BatchJob:
     score_threshold: float = 0.0
     draw: bool = False
     slice: str = "auto"  # `pipeline.config.tiling.slice_setting`: the version's windows, off, or PX
-    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are listed as failed, from their header (decode.py)
+    max_image_pixels: int = (
+        DEFAULT_MAX_IMAGE_PIXELS  # larger images are listed as failed, from their header (decode.py)
+    )
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.data.coco_index import ImageRecord, load_split
-from pipeline.data.decode import DEFAULT_MAX_PIXELS, decode_rgb, image_size
+from pipeline.data.decode import DEFAULT_MAX_IMAGE_PIXELS, decode_rgb, image_size
 from pipeline.data.layout import DatasetError, LabelMap, images_dir
 from pipeline.data.storage import Location, ObjectReader, StorageError
 from pipeline.data.tiling import TileRecord, TilingSpec, crop_window, eval_tiles, training_tiles
@@ -42,7 +42,7 @@ class DetectionDataset(Dataset):
         label_map: LabelMap | None = None,
         cache_dir: str | None = None,
         tiling: TilingSpec | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         self.dataset_dir = os.fspath(dataset_dir)
         self.split = split
@@ -123,7 +123,7 @@ def read_rgb(
     record: ImageRecord,
     min_size: tuple[int, int] | None = None,
     reader: ObjectReader | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
     """The record's image as uint8 [h, w, 3] (a JPEG possibly decoded smaller, at least `min_size` (h, w): see
     `pipeline.data.decode`); a missing or corrupt file, or one whose size differs from the annotations', names the

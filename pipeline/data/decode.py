@@ -8,7 +8,7 @@ large bilinear downscale. TIFF goes through tifffile (16-bit and multi-band orth
 other formats (PNG, BMP, WebP) and JPEGs libjpeg-turbo refuses (CMYK) go through PIL at full size.
 
 Every decode reads the size from the header first and refuses an image past `max_pixels` (default
-DEFAULT_MAX_PIXELS; `data.max_image_pixels`, `predict --max-image-pixels`) before a pixel is decoded: a
+DEFAULT_MAX_IMAGE_PIXELS; `data.max_image_pixels`, `predict --max-image-pixels`) before a pixel is decoded: a
 decompression bomb (a small file declaring a huge image) costs nothing. PIL's own bomb check, a fixed 179
 megapixels that a large orthophoto passes, is therefore turned off here.
 """
@@ -29,7 +29,6 @@ except ImportError:  # a dependency, but a platform without its wheel still trai
     simplejpeg = None
 
 JPEG_MAGIC = b"\xff\xd8"
-DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 Image.MAX_IMAGE_PIXELS = None  # see the module docstring: `check_pixels` runs before every decode instead
 
 
@@ -37,7 +36,7 @@ class ImageTooLarge(ValueError):
     """An image past the pixel limit (or a decompression bomb declaring such a size)."""
 
 
-def check_pixels(height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+def check_pixels(height: int, width: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
     if height * width > max_pixels:
         raise ImageTooLarge(
             f"image is {width}x{height} = {height * width / 1e6:.0f} megapixels, past the limit of "
@@ -65,7 +64,7 @@ def image_size(data: bytes) -> tuple[int, int]:
 
 
 def decode_rgb(
-    data: bytes, min_size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, min_size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 ) -> np.ndarray:
     """uint8 [h, w, 3] of an encoded image. With `min_size` (min_h, min_w), a JPEG may come back smaller than the
     file, by a power of two, but at least that large on both sides; anything else comes back at full size.

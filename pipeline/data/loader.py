@@ -15,7 +15,7 @@ from pipeline.config.tiling import TilingSpec
 from pipeline.data import storage
 from pipeline.data.coco_index import ImageRecord
 from pipeline.data.dataset import DetectionDataset, collate_fn
-from pipeline.data.decode import DEFAULT_MAX_PIXELS
+from pipeline.data.decode import DEFAULT_MAX_IMAGE_PIXELS
 from pipeline.data.layout import LabelMap
 from pipeline.data.samplers import FullBatchDistributedSampler, SeededSampler, ShardedEvalSampler
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentOptions, DetectionTransform
@@ -59,7 +59,7 @@ def build_dataloaders(
     engine: str = "torch",
     ray_cpus_per_task: float = 1.0,
     tiling: TilingSpec | None = None,
-    max_image_pixels: int = DEFAULT_MAX_PIXELS,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> DataLoaders:
     """Train and val loaders of ``dataset_dir`` for worker ``rank`` of ``world_size``.
 

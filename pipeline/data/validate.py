@@ -25,7 +25,7 @@ from typing import Any
 
 from pipeline.config.checks import parse_image_check
 from pipeline.data import storage
-from pipeline.data.decode import DEFAULT_MAX_PIXELS, ImageTooLarge, check_pixels, decode_rgb, image_size
+from pipeline.data.decode import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, check_pixels, decode_rgb, image_size
 from pipeline.data.layout import SPLITS, DatasetError, annotation_path, image_file, images_dir
 
 HEADER_BYTES = 64 * 1024  # a JPEG's size marker follows its EXIF block, which can take most of this
@@ -112,7 +112,7 @@ def validate_dataset(
     dataset_dir: storage.Location,
     splits: Sequence[str] = SPLITS,
     check_images: bool | str = True,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ValidationReport:
     """Validate every split of a dataset directory; ``check_images`` is `all` (True), `sample:N` or `none` (False).
     An image past ``max_pixels`` is fatal, from its JSON record and from its file's header."""
@@ -169,7 +169,7 @@ def validate_coco(
     json_file: str,
     image_root: storage.Location,
     image_limit: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> list[Problem]:
     """Problems of one parsed COCO detection dict whose images live under ``image_root``; ``image_limit`` images
     are read (None: all; a seeded sample otherwise)."""

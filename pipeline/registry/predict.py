@@ -23,7 +23,7 @@ from PIL import UnidentifiedImageError
 from effdet_core import EfficientDetForPrediction, PostprocessConfig
 from pipeline.config.tiling import TilingSpec
 from pipeline.data import DetectionTransform, LabelMap, to_original_coordinates
-from pipeline.data.decode import DEFAULT_MAX_PIXELS, ImageTooLarge, decode_rgb
+from pipeline.data.decode import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, decode_rgb
 from pipeline.data.tiling import crop_window, tile_windows
 from pipeline.evaluation import merge_tiles
 from pipeline.evaluation.coco_eval import coco_result
@@ -36,7 +36,7 @@ ImageInput = str | os.PathLike | bytes | bytearray | np.ndarray
 Detection = dict[str, Any]  # {"image_id", "box" [x1,y1,x2,y2] original px, "score", "label", "category_id"}
 
 
-def decode_image(image: ImageInput, index: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(image: ImageInput, index: int = 0, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Any accepted image form -> uint8 [h, w, 3] RGB (files and bytes through `pipeline.data.decode`: TIFF of 8 or
     16 bits included, an image past `max_pixels` refused from its header)."""
     if isinstance(image, np.ndarray):
@@ -87,7 +87,9 @@ class Detector:
     threads: int | None = None
     use_gpu: bool = False
     tiling: TilingSpec | None = None  # sliced prediction: windows merged per image (`pipeline.data.tiling`)
-    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images (or decompression bombs) are refused from the header
+    max_image_pixels: int = (
+        DEFAULT_MAX_IMAGE_PIXELS  # larger images (or decompression bombs) are refused from the header
+    )
 
     def __post_init__(self) -> None:
         config = self.package.config
