@@ -1,6 +1,6 @@
 """The `train` subcommand (the main job): distributed EfficientDet training on Ray, tracked in MLflow.
 
-`python run_pipeline.py train [--config FILE] [--set k=v ...] [--num-workers N] [--use-gpu] [--resume]
+`python run_pipeline.py train [--config FILE] [--set k=v ...] [--num-workers N | MIN-MAX] [--use-gpu] [--resume]
 [--register NAME [--force-champion]]`
 """
 
@@ -18,7 +18,14 @@ from pipeline.data import storage
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train EfficientDet with Ray Train, tracked in MLflow (main job)")
     add_config_arguments(parser)
-    parser.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (ray.num_workers)")
+    parser.add_argument(
+        "--num-workers",
+        type=worker_count,
+        default=None,
+        metavar="N|MIN-MAX",
+        help="Ray Train workers (ray.num_workers); MIN-MAX trains elastically: starts once MIN fit, grows to MAX, "
+        "goes on with fewer down to MIN, with MAX's global batch at every size",
+    )
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker (ray.use_gpu=true)")
     parser.add_argument(
         "--minutes", type=float, default=None, help="time budget of the whole job (train.minutes; replaces the length)"
@@ -31,6 +38,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--print-config", action="store_true", help="print the resolved config (YAML) and exit without training"
     )
     parser.set_defaults(func=run)
+
+
+def worker_count(text: str) -> str:
+    """`N` or `MIN-MAX` -> the YAML value of ray.num_workers (`N` or `[MIN, MAX]`); the config checks the numbers."""
+    parts = text.split("-")
+    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a worker count N or a range MIN-MAX, e.g. 2 or 2-8")
+    return parts[0] if len(parts) == 1 else f"[{parts[0]}, {parts[1]}]"
 
 
 def run(args: argparse.Namespace) -> int:

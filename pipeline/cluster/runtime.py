@@ -55,10 +55,10 @@ def init_ray(config: PipelineConfig, tracking_uri: str, local_resources: dict[st
         _start_autoscaling_coordinator()
         need_cpu = run_cpus(config)
         have = reachable_resources()  # an autoscaling cluster starts with its head alone
-        if have.get("CPU", 0) < need_cpu or (config.ray.use_gpu and have.get("GPU", 0) < config.ray.num_workers):
+        if have.get("CPU", 0) < need_cpu or (config.ray.use_gpu and have.get("GPU", 0) < config.ray.min_workers):
             tasks = f" + data.ray_cpus_per_task={config.data.ray_cpus_per_task}" if ray_data(config) else ""
             raise ConfigError(
-                f"ray.num_workers={config.ray.num_workers} x ray.cpus_per_worker={config.ray.cpus_per_worker}"
+                f"ray.num_workers={config.ray.describe_workers()} x ray.cpus_per_worker={config.ray.cpus_per_worker}"
                 f"{' + 1 GPU each' if config.ray.use_gpu else ''}{tasks} does not fit the cluster's resources {have}"
                 + (" (data.engine: ray needs CPUs the training workers leave free)" if tasks else "")
             )
@@ -75,10 +75,10 @@ def ray_data(config: PipelineConfig) -> bool:
 
 
 def run_cpus(config: PipelineConfig) -> float:
-    """CPUs one training run must find: its workers', plus one Ray Data task's with `data.engine: ray` (or the
-    tasks would wait forever behind the workers)."""
+    """CPUs one training run must find: its workers' (an elastic run's MIN), plus one Ray Data task's with
+    `data.engine: ray` (or the tasks would wait forever behind the workers)."""
     tasks = config.data.ray_cpus_per_task if ray_data(config) else 0.0
-    return config.ray.num_workers * config.ray.cpus_per_worker + tasks
+    return config.ray.min_workers * config.ray.cpus_per_worker + tasks
 
 
 # Lines Ray 2.60 prints on every healthy run that say nothing to act on; matched exactly, nothing else is hidden.

@@ -22,6 +22,7 @@ from pipeline.cluster.worker import worker_loop
 from pipeline.config import ConfigError, PipelineConfig, to_dict
 from pipeline.plan.job import ResolvedJob, resolve_job
 from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.elastic import WorldHistory
 from pipeline.training.report import FinalReport, final_report
 from pipeline.uri import is_uri
 
@@ -109,7 +110,7 @@ def build_torch_trainer(
 ):
     """The TorchTrainer of a run named `name` under `ray.storage_path`; `callbacks` are Ray Train callbacks (a
     search's TuneReportCallback), `extra` goes into the workers' loop config (`report_cost`, `epoch_times_file`)."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     resources = {
@@ -119,12 +120,7 @@ def build_torch_trainer(
     return TorchTrainer(
         worker_loop,
         train_loop_config={"config": to_dict(config), "run": run.__dict__ if run else None, **extra},
-        scaling_config=ScalingConfig(
-            num_workers=config.ray.num_workers,
-            use_gpu=config.ray.use_gpu,
-            resources_per_worker=resources,
-            placement_strategy=config.ray.placement_strategy,
-        ),
+        scaling_config=scaling_config(config, resources),
         run_config=RunConfig(
             name=name,
             storage_path=config.ray.storage_path,
@@ -138,6 +134,23 @@ def build_torch_trainer(
             logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=callbacks,
         ),
+    )
+
+
+def scaling_config(config: PipelineConfig, resources: dict[str, float]):
+    """Ray Train's ScalingConfig: a fixed group, or (MIN, MAX) resized by Train's own elastic controller."""
+    from ray.train import ScalingConfig
+
+    ray_config = config.ray
+    elastic = {}
+    if ray_config.elastic:
+        elastic = {"elastic_resize_monitor_interval_s": ray_config.elastic_resize_interval_s}
+    return ScalingConfig(
+        num_workers=(ray_config.min_workers, ray_config.max_workers) if ray_config.elastic else ray_config.max_workers,
+        use_gpu=ray_config.use_gpu,
+        resources_per_worker=resources,
+        placement_strategy=ray_config.placement_strategy,
+        **elastic,
     )
 
 
@@ -219,6 +232,10 @@ def _finish(config: PipelineConfig, run: tracking.RunHandle, last, name: str) ->
     from pipeline.evaluation.plots import LOSS_KEYS, MAP_KEYS, plot_curves
 
     out_dir = Path(config.train.output_dir) / name
+    if config.ray.elastic and last.world is not None:  # the run's resizes and its time below the largest size
+        history = WorldHistory.from_dict(last.world)
+        print(history.summary(), flush=True)
+        tracking.log_metrics(run, {"elastic_resizes": len(history.resizes), "elastic_reduced_s": history.reduced_s})
     report = final_report(config, last, out_dir)
     tracking.log_metrics(run, {**report.metrics, "step": report.best_step, "epoch": report.best_epoch}, prefix="best_")
     report.files["curves"] = plot_curves(tracking.metric_history(run, [*LOSS_KEYS, *MAP_KEYS]), out_dir / "curves.png")

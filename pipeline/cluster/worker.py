@@ -23,6 +23,7 @@ from pipeline.config import from_dict
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.cost import model_cost
 from pipeline.training.device import apply_backend_flags, device_settings, worker_cpus
+from pipeline.training.elastic import resize_line, resume_world
 from pipeline.training.faults import record_start
 from pipeline.training.inputs import build_loaders, schedule_for
 from pipeline.training.loop import StopRequested, make_state, run_schedule, step_metrics
@@ -59,7 +60,9 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     apply_backend_flags(settings)
     if rank == 0:
         print(f"worker: {settings.describe()}", flush=True)
-    inputs = build_loaders(config, rank, world, validate=False, settings=settings)  # 1. the driver validated it
+    max_world = config.ray.max_workers  # an elastic run keeps its largest size's global batch at every size
+    # 1. the driver validated the data
+    inputs = build_loaders(config, rank, world, validate=False, settings=settings, max_world=max_world)
     checkpoint = ray.train.get_checkpoint()  # 2. the latest reported one after a restart or on resume
     state = None
     if checkpoint is not None:
@@ -72,10 +75,15 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         settings,
         wrap=ray.train.torch.prepare_model,
         resume=state,
+        max_world=max_world,
     )
     start_step = trainer.position.step
-    if rank == 0:
-        record_start(config, start_step)  # the fault-injection tests' record of each attempt's start
+    layout = inputs.train_loader.sampler.layout
+    trainer.world_history = resume_world(state.world if state else None, world, max_world, start_step)
+    world_metrics = {"world_size": world, "grad_accumulation": layout.batches_per_step}
+    record_start(config, start_step)  # the fault-injection tests' record of each attempt's start
+    if rank == 0 and (line := resize_line(trainer.world_history, layout)):
+        print(line, flush=True)
     # a search compares trials on cost too: measured once, on this worker's hardware, sent with every report
     cost = {}
     if loop_config.get("report_cost"):
@@ -83,7 +91,16 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     started = time.perf_counter()
     # rank 0's period and step metrics, logged once a persisted checkpoint holds their step: steps redone after a
     # failure are not logged twice, and none is missing
-    pending_steps: list[tuple[int, dict[str, float]]] = []
+    pending_steps: list[tuple[int, dict[str, float]]] = [(start_step, dict(world_metrics))]
+    if rank == 0 and run is not None and trainer.world_history.resized_now:
+        last = trainer.world_history.resizes[-1]
+        tracking.set_tags(
+            run,
+            {
+                f"elastic.resize.{len(trainer.world_history.resizes)}": f"step {last['step']}: {last['from']} -> "
+                f"{last['to']} workers ({last['why']})"
+            },
+        )
 
     def report_with_checkpoint(trainer, metrics: dict[str, float], upload: str = "SYNC") -> None:
         """A barrier: every rank reports at the same step (metrics already all-reduced); rank 0 sends the state.
@@ -92,6 +109,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
 
         began, step, ckpt = time.perf_counter(), trainer.position.step, None
         local = tempfile.mkdtemp(prefix="effdet-ckpt-") if rank == 0 else None
+        trainer.world_history.tick()  # the time below the largest size, up to this checkpoint
         if local is not None:  # one copy of the (identical) DDP state is enough
             save_checkpoint(make_state(trainer, metrics), local)
             ckpt = ray.train.Checkpoint.from_directory(local)
@@ -117,7 +135,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
 
     def report(trainer, metrics: dict[str, float]) -> None:  # 4.
         step = int(metrics["step"])
-        metrics = {**metrics, **cost, "resumed_from_step": start_step}
+        metrics = {**metrics, **cost, **world_metrics, "resumed_from_step": start_step}
         if rank == 0:
             pending_steps.append((step, metrics))  # logged once its checkpoint persisted
         report_with_checkpoint(trainer, metrics)
@@ -132,7 +150,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     def progress(trainer, snapshot: dict[str, float]) -> None:  # rank 0, at most every train.log_every_seconds
         print(format_step_progress(snapshot, trainer.schedule), flush=True)
         keys = ("train_loss", "images_per_s", "data_wait_share", "lr")
-        pending_steps.append((int(snapshot["step"]), {f"step_{k}": snapshot[k] for k in keys}))
+        pending_steps.append((int(snapshot["step"]), {**{f"step_{k}": snapshot[k] for k in keys}, **world_metrics}))
         log_persisted()  # an ASYNC checkpoint's upload may have finished since
 
     def checkpoint_between(trainer, reason: str) -> None:

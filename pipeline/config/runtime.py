@@ -12,7 +12,10 @@ from pipeline.config.checks import check, choice
 class RayConfig:
     """Ray Train scaling, storage and fault tolerance."""
 
-    num_workers: int = 2
+    # a number, or [MIN, MAX]: elastic, through Ray Train's controller (starts once MIN fit, grows to MAX as
+    # resources appear, goes on with fewer down to MIN); the global batch stays MAX's (docs/SCALING.md)
+    num_workers: int | tuple[int, ...] = 2
+    elastic_resize_interval_s: float = 60.0  # elastic: how often Ray Train looks for room to grow
     use_gpu: bool = False
     # on a GPU worker its loader processes decode and augment (data.loader_workers auto = this - 1): docs/SCALING.md
     cpus_per_worker: float = 1.0
@@ -31,7 +34,17 @@ class RayConfig:
     placement_strategy: str = "PACK"
 
     def __post_init__(self) -> None:
-        check(self.num_workers >= 1, "ray.num_workers", self.num_workers, "must be >= 1")
+        if isinstance(self.num_workers, tuple):
+            check(len(self.num_workers) == 2, "ray.num_workers", list(self.num_workers), "a range is [MIN, MAX]")
+            low, high = self.num_workers
+            check(1 <= low <= high, "ray.num_workers", list(self.num_workers), "needs 1 <= MIN <= MAX")
+        check(self.min_workers >= 1, "ray.num_workers", self.num_workers, "must be >= 1")
+        check(
+            self.elastic_resize_interval_s > 0,
+            "ray.elastic_resize_interval_s",
+            self.elastic_resize_interval_s,
+            "must be > 0 seconds",
+        )
         check(self.cpus_per_worker > 0, "ray.cpus_per_worker", self.cpus_per_worker, "must be > 0")
         check(
             0 < self.gpus_per_worker <= 1 or float(self.gpus_per_worker).is_integer(),
@@ -44,6 +57,22 @@ class RayConfig:
         check(self.num_to_keep >= 1, "ray.num_to_keep", self.num_to_keep, "must be >= 1")
         choice("ray.placement_strategy", self.placement_strategy, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
         check(bool(self.storage_path), "ray.storage_path", self.storage_path, "must be a non-empty path or URI")
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        """The largest worker group: its global batch is the run's at every size."""
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers < self.max_workers
+
+    def describe_workers(self) -> str:
+        return f"{self.min_workers}-{self.max_workers} (elastic)" if self.elastic else str(self.max_workers)
 
     def cluster_address(self) -> str | None:
         """The Ray a job connects to: `ray.address`, else RAY_ADDRESS; None starts a local one (the one rule: the

@@ -17,7 +17,7 @@ from pipeline.data.coco_index import ImageRecord
 from pipeline.data.dataset import DetectionDataset, collate_fn
 from pipeline.data.decode import DEFAULT_MAX_IMAGE_PIXELS
 from pipeline.data.layout import LabelMap
-from pipeline.data.samplers import FullBatchDistributedSampler, SeededSampler, ShardedEvalSampler
+from pipeline.data.samplers import GlobalBatchSampler, SeededSampler, ShardedEvalSampler
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentOptions, DetectionTransform
 from pipeline.data.validate import validate_dataset
 
@@ -47,6 +47,7 @@ def build_dataloaders(
     augment: AugmentOptions | None = None,
     rank: int = 0,
     world_size: int = 1,
+    chunks_per_step: int | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
     prefetch_factor: int = 4,
@@ -68,8 +69,9 @@ def build_dataloaders(
     ``pin_memory`` (for a GPU) makes the host-to-device copy asynchronous. ``cache_dir`` keeps a remote dataset's
     images on this node's disk after their first read. ``engine="ray"`` decodes and augments in Ray Data tasks on
     any cluster CPU (`pipeline.data.ray_engine`, each task reserving ``ray_cpus_per_task``), with the same samplers.
-    Train batches have exactly ``batch_size`` images and every image is seen at least once per
-    epoch (see `FullBatchDistributedSampler`). ``train.dataset.label_map`` and ``val.dataset.coco``
+    An optimizer step takes ``chunks_per_step`` train batches of exactly ``batch_size`` images over all ranks
+    (default: one per rank), laid out the same at any world size, and every image is seen at least once per epoch
+    (see `GlobalBatchSampler`). ``train.dataset.label_map`` and ``val.dataset.coco``
     give the label map and the validation ground truth. ``tiling`` trains on windows of the images and evaluates
     every window plus the whole image (`pipeline.data.tiling`); an epoch then counts windows. An image past
     ``max_image_pixels`` is refused by name, from its header.
@@ -83,7 +85,8 @@ def build_dataloaders(
     val_tf = DetectionTransform(image_size, mean, std, train=False)
     val_set = DetectionDataset(dataset_dir, "val", val_tf, train_set.label_map, **sets)
     # keys (index, augmentation seed of (seed, epoch, index)): the same images and augmentation in either engine
-    train_sampler = SeededSampler(FullBatchDistributedSampler(train_set, batch_size, world_size, rank, seed=seed), seed)
+    by_step = GlobalBatchSampler(len(train_set), batch_size, chunks_per_step or world_size, world_size, rank, seed=seed)
+    train_sampler = SeededSampler(by_step, seed)
     val_sampler = SeededSampler(ShardedEvalSampler(len(val_set), rank, world_size), seed)
     if engine == "ray":
         from pipeline.data.ray_engine import RayDataLoader

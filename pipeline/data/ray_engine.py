@@ -1,7 +1,7 @@
 """`data.engine: ray`: images decoded and augmented by Ray Data tasks, on any CPU of the cluster, streamed to the
 training worker in order.
 
-A rank keeps the DataLoader engine's sampling exactly (the same `FullBatchDistributedSampler` and
+A rank keeps the DataLoader engine's sampling exactly (the same `GlobalBatchSampler` and
 `ShardedEvalSampler`: the same images per rank and epoch, padded train shards, unpadded validation, the same
 resume position) and its augmentation seeds (`SeededSampler`: by run seed, epoch and index), so both engines give
 the same batches. What moves is the work: each pass becomes a Ray Dataset of this rank's `(index, seed)` items,

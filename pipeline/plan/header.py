@@ -21,7 +21,7 @@ def header_lines(job: ResolvedJob, command: str = "train") -> list[str]:
     names = job.label_map["names"]
     classes = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
     a, s = job.augment, job.schedule
-    global_batch = cfg.data.batch_size * cfg.ray.num_workers * cfg.train.grad_accum_steps
+    global_batch = cfg.data.batch_size * cfg.ray.max_workers * cfg.train.grad_accum_steps
     anchors = describe(model)
     ema = f"EMA {cfg.optim.ema_decay}" if cfg.optim.ema_decay else "no EMA"
     address = cfg.ray.cluster_address()  # where init_ray will connect
@@ -38,13 +38,15 @@ def header_lines(job: ResolvedJob, command: str = "train") -> list[str]:
         *(f"auto: {fitted}" for fitted in job.fitted),
         f"schedule: {s.describe()}",
         f"optimizer: {cfg.optim.name}, lr {scaled_lr(cfg.optim, global_batch):.3g} at a global batch of "
-        f"{global_batch} ({cfg.ray.num_workers} workers x {cfg.data.batch_size}"
+        f"{global_batch} ({cfg.ray.max_workers} workers x {cfg.data.batch_size}"
         f"{f' x {cfg.train.grad_accum_steps} accumulated' if cfg.train.grad_accum_steps > 1 else ''}), {ema}",
-        f"ray: {cfg.ray.num_workers} workers x {cfg.ray.cpus_per_worker:g} CPU"
+        f"ray: {cfg.ray.describe_workers()} workers x {cfg.ray.cpus_per_worker:g} CPU"
         f"{f' + {cfg.ray.gpus_per_worker:g} GPU' if cfg.ray.use_gpu else ''}"
         f" on {where}; checkpoints under {cfg.ray.storage_path}",
         f"mlflow: {job.tracking_uri} (experiment {cfg.mlflow.experiment}); outputs under {cfg.train.output_dir}",
     ]
+    if cfg.ray.elastic:
+        lines.insert(-1, elastic_line(cfg))
     return lines + [f"note: {n}" if not n.startswith("warning") else n for n in job.notes]
 
 
@@ -59,3 +61,21 @@ def _augment_summary(spec, a: AugmentOptions) -> str:
     if a.color_prob:
         parts.append(f"color {a.color_prob:g}")
     return f"{name} ({', '.join(parts) or 'resize only'})"
+
+
+def elastic_line(cfg) -> str:
+    """How an elastic run keeps its recipe at every size (docs/SCALING.md, "Elastic training")."""
+    ray, batch = cfg.ray, cfg.data.batch_size
+    chunks = ray.max_workers * cfg.train.grad_accum_steps
+    sizes = ", ".join(
+        f"{w}: {-(-chunks // w)}" + (f"/{chunks // w}" if chunks % w else "")
+        for w in range(ray.min_workers, ray.max_workers + 1)
+    )
+    return (
+        f"elastic: starts once {ray.min_workers} workers fit, grows to {ray.max_workers} when resources appear "
+        f"(checked every {ray.elastic_resize_interval_s:g} s), goes on with fewer after a loss; each resize restarts "
+        f"the group from the last checkpoint. The global batch stays {chunks} micro-batches of {batch}: micro-batches "
+        f"per worker by world size {sizes} (where the world does not divide them, the first workers take one more "
+        "and the losses are weighted so each step's gradient is the mean over all of them); lr, warm-up, schedule, "
+        "EMA and steps are the same at every size"
+    )

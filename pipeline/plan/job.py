@@ -79,7 +79,7 @@ def resolve_job(config: PipelineConfig) -> ResolvedJob:
             "anchors, with advice (input size, anchor scale, a stride-4 level)"
         )
     per_epoch = steps_per_epoch(
-        report.num_images["train"], config.data.batch_size, config.ray.num_workers, config.train.grad_accum_steps
+        report.num_images["train"], config.data.batch_size, config.ray.max_workers, config.train.grad_accum_steps
     )
     return ResolvedJob(
         config=config,

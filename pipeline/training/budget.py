@@ -122,11 +122,13 @@ class TimeBudget:
         return f"time budget: {old.total_steps} -> {total} steps; {reason}" if rank == 0 else None
 
 
-def make_budget(config, deadline: float | None, val_images: int, world: int, first_step: int) -> TimeBudget | None:
-    """The run's budget when `train.minutes` is set: until `deadline` (time.time()), else from now."""
+def make_budget(
+    config, deadline: float | None, val_images: int, images_per_step: int, first_step: int
+) -> TimeBudget | None:
+    """The run's budget when `train.minutes` is set: until `deadline` (time.time()), else from now; a step trains
+    `images_per_step` images (the global batch)."""
     minutes = config.train.minutes
     if minutes is None:
         return None
-    images_per_step = config.data.batch_size * world * config.train.grad_accum_steps
     end = deadline if deadline is not None else time.time() + 60 * minutes
     return TimeBudget(end, val_images, images_per_step, first_step)

@@ -63,6 +63,7 @@ class TrainState:
     best: BestEval | None = None  # None until an evaluation has run
     position: dict[str, int] | None = None  # `stream.Position` (step, epoch, batch); None in epoch-only checkpoints
     schedule: dict[str, Any] | None = None  # `schedule.Schedule` as planned (a time budget's plan survives a resume)
+    world: dict[str, Any] | None = None  # `elastic.WorldHistory` of a Ray run: worker counts, resizes
 
     def eval_weights(self) -> dict[str, torch.Tensor]:
         """The weights to evaluate/deploy: the EMA when there is one."""

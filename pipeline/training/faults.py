@@ -3,12 +3,15 @@ optimizer steps, once each (a marker file remembers it), as a crashed worker wou
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
 from pipeline.training.distributed import rank_and_world
 
-__all__ = ["InjectedFault", "maybe_inject_fault"]
+__all__ = ["InjectedFault", "maybe_inject_fault", "record_batch", "record_start"]
+
+_attempt_start = 0  # this process's attempt: the step it started from (`record_start`)
 
 
 class InjectedFault(RuntimeError):
@@ -36,6 +39,19 @@ def maybe_inject_fault(config: PipelineConfig, epoch: int | None = None, step: i
 
 def record_start(config: PipelineConfig, step: int) -> None:
     """Test hook: with `train.fault_marker` set, rank 0 appends the step each attempt starts from to FILE.starts."""
-    if config.train.fault_marker is not None:
+    global _attempt_start
+    _attempt_start = step
+    if config.train.fault_marker is not None and rank_and_world()[0] == 0:
         with open(f"{config.train.fault_marker}.starts", "a", encoding="utf-8") as f:
             f.write(f"{step}\n")
+
+
+def record_batch(config: PipelineConfig, step: int, image_ids: list[int], loss: float, lr: float) -> None:
+    """Test hook: with `train.fault_marker` set, every rank appends one JSON line per micro-batch to FILE.batches:
+    the optimizer step (1-based) it belongs to, the attempt's start step, rank, world size, image ids, loss, lr."""
+    if config.train.fault_marker is None:
+        return
+    rank, world = rank_and_world()
+    row = {"step": step, "attempt": _attempt_start, "rank": rank, "world": world, "ids": image_ids}
+    with open(f"{config.train.fault_marker}.batches", "a", encoding="utf-8") as f:
+        f.write(json.dumps({**row, "loss": loss, "lr": lr}) + "\n")

@@ -47,10 +47,11 @@ def ensure_dataset(data: DataConfig) -> Path | str:
 
 
 def schedule_for(config: PipelineConfig, inputs: Inputs):
-    """The run's `Schedule`, from this rank's loader (every rank has as many batches)."""
-    from pipeline.training.schedule import optimizer_steps, resolve_schedule
+    """The run's `Schedule`, from the train sampler's steps per epoch (the same on every rank and at any world
+    size)."""
+    from pipeline.training.schedule import resolve_schedule
 
-    steps = optimizer_steps(len(inputs.train_loader), config.train.grad_accum_steps)
+    steps = inputs.train_loader.sampler.layout.steps_per_epoch
     return resolve_schedule(config.train, config.optim, steps)
 
 
@@ -61,11 +62,17 @@ def model_normalisation(config: PipelineConfig) -> tuple[tuple[int, int], tuple,
 
 
 def build_loaders(
-    config: PipelineConfig, rank: int = 0, world_size: int = 1, validate: bool = True, settings=None
+    config: PipelineConfig,
+    rank: int = 0,
+    world_size: int = 1,
+    validate: bool = True,
+    settings=None,
+    max_world: int | None = None,
 ) -> Inputs:
-    """This rank's shard of train (shuffled, augmented) and val (each image once across ranks). `settings` (a
-    `pipeline.training.device.DeviceSettings`) sets the loader processes and pinned memory; without, the config's
-    values for a CPU in this process."""
+    """This rank's shard of train (shuffled, augmented) and val (each image once across ranks). An optimizer step
+    takes `max_world` (default `world_size`) x train.grad_accum_steps micro-batches over all ranks: an elastic run
+    keeps its largest size's global batch with fewer workers. `settings` (a `pipeline.training.device.DeviceSettings`)
+    sets the loader processes and pinned memory; without, the config's values for a CPU in this process."""
     import torch
 
     from pipeline.data import build_dataloaders
@@ -84,6 +91,7 @@ def build_loaders(
         augment=augment,
         rank=rank,
         world_size=world_size,
+        chunks_per_step=(max_world or world_size) * config.train.grad_accum_steps,
         num_workers=settings.loader_workers,
         pin_memory=settings.pin_memory,
         prefetch_factor=data.prefetch_factor,

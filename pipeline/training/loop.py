@@ -24,7 +24,7 @@ from pipeline.training.checkpoint import BestEval, TrainState, load_checkpoint, 
 from pipeline.training.device import apply_backend_flags, device_settings, worker_cpus
 from pipeline.training.distributed import all_reduce_max, all_reduce_sum, rank_and_world
 from pipeline.training.evaluate import evaluate
-from pipeline.training.faults import maybe_inject_fault
+from pipeline.training.faults import maybe_inject_fault, record_batch
 from pipeline.training.inputs import build_loaders, ensure_dataset, schedule_for
 from pipeline.training.optim import clip_gradients
 from pipeline.training.progress import format_step_progress
@@ -102,8 +102,8 @@ def train_steps(
         before = time.perf_counter()
         batches = stream.next_step()  # the loader's wait: what a starved GPU (or CPU) spends idle
         waited += time.perf_counter() - before
-        for index, (images, targets) in enumerate(batches):
-            images, targets = _to_device(images, targets, trainer.device, trainer.settings.channels_last)
+        for index, (images, batch_targets) in enumerate(batches):
+            images, targets = _to_device(images, batch_targets, trainer.device, trainer.settings.channels_last)
             # under DDP, skip the gradient all-reduce on accumulation micro-steps (forward and backward both inside)
             no_sync = getattr(trainer.train_module, "no_sync", None)
             last = index == len(batches) - 1
@@ -119,7 +119,10 @@ def train_steps(
                         f"non-finite loss at step {stream.position.step} (epoch {stream.position.epoch + 1}, "
                         f"batch {stream.position.batch}): {detail}"
                     )
-                trainer.scaler.scale(loss / len(batches)).backward()
+                trainer.scaler.scale(loss * stream.loss_weight(len(batches))).backward()
+            lr = trainer.optimizer.param_groups[0]["lr"]
+            ids = [int(t["image_id"]) for t in batch_targets if "image_id" in t]
+            record_batch(trainer.config, stream.position.step, ids, float(parts[0]), lr)
             n = images.shape[0]
             sums += torch.cat([parts * n, torch.tensor([n], dtype=torch.float64)])
         _optimizer_step(trainer)
@@ -201,6 +204,7 @@ def make_state(trainer: Trainer, metrics: dict[str, float]) -> TrainState:
         best=trainer.best,
         position=trainer.position.as_dict(),
         schedule=trainer.schedule.as_dict(),
+        world=trainer.world_history.as_dict() if trainer.world_history is not None else None,
     )
 
 
@@ -232,8 +236,9 @@ def run_schedule(
     assert stream.batches_per_epoch and (
         optimizer_steps(stream.batches_per_epoch, stream.accum) == trainer.schedule.steps_per_epoch
     ), "the loader and the schedule disagree on the steps per epoch"
-    world = rank_and_world()[1]
-    trainer.budget = make_budget(trainer.config, deadline, len(val_loader.dataset), world, trainer.position.step)
+    trainer.budget = make_budget(
+        trainer.config, deadline, len(val_loader.dataset), global_batch(stream), trainer.position.step
+    )
     metrics: dict[str, float] = {}
     while trainer.position.step < trainer.schedule.total_steps:
         started = trainer.position.step
@@ -269,6 +274,14 @@ def run_schedule(
         # the period's end printed its line and checkpointed: both intervals start again from here
         trainer.last_progress = trainer.last_checkpoint = time.perf_counter()
     return metrics
+
+
+def global_batch(stream: BatchStream) -> int:
+    """Images per optimizer step over all ranks: the sampler's layout says it (a test's plain loader: its batches
+    times the accumulation on every rank)."""
+    if stream.layout is not None:
+        return stream.layout.global_batch
+    return stream.loader.batch_size * stream.accum * rank_and_world()[1]
 
 
 def fit(

@@ -56,11 +56,11 @@ class Schedule:
 
 
 def steps_per_epoch(num_train_images: int, batch_size: int, world_size: int, grad_accum_steps: int) -> int:
-    """Optimizer steps per epoch: every rank loads ceil(images / (batch * world)) whole batches (the sampler pads),
-    and an optimizer step takes `grad_accum_steps` of them (the last one of an epoch may take fewer)."""
+    """Optimizer steps per epoch: ceil(images / global batch), the global batch being batch x world (an elastic
+    run's largest) x `grad_accum_steps`; the sampler pads the last step with the epoch's first images."""
     if num_train_images < 1:
         raise ConfigError("the training split has no images")
-    return optimizer_steps(math.ceil(num_train_images / (batch_size * world_size)), grad_accum_steps)
+    return math.ceil(num_train_images / (batch_size * world_size * grad_accum_steps))
 
 
 def optimizer_steps(batches: int, grad_accum_steps: int) -> int:

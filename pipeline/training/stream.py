@@ -1,8 +1,9 @@
 """The training batches as one stream across epochs, grouped into optimizer steps, resumable at any step.
 
-An epoch is one pass of this rank's `FullBatchDistributedSampler` (a new shuffle per epoch); an optimizer step
-takes `grad_accum_steps` batches and never spans two epochs. The position (epoch, batch) is what a checkpoint
-records: a resumed stream skips the batches already trained in that epoch by index, without loading them.
+An epoch is one pass of this rank's `GlobalBatchSampler` (a new shuffle per epoch); an optimizer step takes this
+rank's share of the step's micro-batches (its `StepLayout`; `grad_accum_steps` for a loader without one) and never
+spans two epochs. The position (step, epoch) is what a checkpoint records: a resumed stream skips the steps already
+trained in that epoch by index, without loading them, at whatever world size it resumes (elastic training).
 """
 
 from __future__ import annotations
@@ -43,11 +44,20 @@ class BatchStream:
         on_epoch_start: Callable[[int], None] | None = None,
     ) -> None:
         self.loader = loader
-        self.accum = grad_accum_steps
-        self.position = Position(**(position or Position()).as_dict())
+        self.layout = getattr(loader.sampler, "layout", None)
+        self.accum = self.layout.batches_per_step if self.layout is not None else grad_accum_steps
         self.batches_per_epoch = len(loader.sampler) // loader.batch_size  # whole batches (the sampler pads)
+        self.position = Position(**(position or Position()).as_dict())
+        if self.layout is not None:  # this rank's batches of the epoch, from the global steps (a resize moves them)
+            epoch_step = self.position.step - self.position.epoch * self.layout.steps_per_epoch
+            self.position.batch = min(self.batches_per_epoch, epoch_step * self.accum)
         self.on_epoch_start = on_epoch_start
         self._iterator: Iterator[Batch] | None = None
+
+    def loss_weight(self, batches: int) -> float:
+        """The factor of each of a step's `batches` micro-batch losses: the mean over the step's global micro-batches
+        (`StepLayout.loss_weight`), or over these batches for a loader without a layout."""
+        return self.layout.loss_weight if self.layout is not None else 1.0 / batches
 
     def _start_epoch(self) -> None:
         sampler = self.loader.sampler

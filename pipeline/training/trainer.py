@@ -14,6 +14,7 @@ from pipeline.training.budget import TimeBudget
 from pipeline.training.checkpoint import BestEval, TrainState
 from pipeline.training.device import DeviceSettings, device_settings, worker_cpus
 from pipeline.training.distributed import rank_and_world
+from pipeline.training.elastic import WorldHistory
 from pipeline.training.ema import ModelEma
 from pipeline.training.optim import build_optimizer, build_scheduler, scaled_lr
 from pipeline.training.schedule import Schedule
@@ -40,6 +41,7 @@ class Trainer:
     last_checkpoint: float = 0.0  # perf_counter() of the last checkpoint (rank 0's decides for all)
     stop_after_period: bool = False  # a stop was requested on a period's last step: its end checkpoints first
     budget: TimeBudget | None = None  # train.minutes: plans `schedule` from the measured step rate
+    world_history: WorldHistory | None = None  # a Ray run's worker counts (elastic resizes), saved in checkpoints
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -61,9 +63,11 @@ def build_trainer(
     settings: DeviceSettings | torch.device,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     resume: TrainState | None = None,
+    max_world: int | None = None,
 ) -> Trainer:
     """Model, optimizer, schedule, scaler and EMA on `settings.device` (a bare device: the config's settings for it,
-    one process); `wrap` (e.g. DDP) is applied to the training module only."""
+    one process); `wrap` (e.g. DDP) is applied to the training module only. The learning rate is scaled to the
+    global batch of `max_world` workers (default: this world; an elastic run's largest, kept at every size)."""
     from effdet_core import EfficientDetForTraining
 
     _, world = rank_and_world()
@@ -88,7 +92,7 @@ def build_trainer(
         train_module = torch.compile(train_module, mode=settings.compile_mode)
     if wrap is not None:
         train_module = wrap(train_module)
-    global_batch = config.data.batch_size * world * config.train.grad_accum_steps
+    global_batch = config.data.batch_size * (max_world or world) * config.train.grad_accum_steps
     lr = scaled_lr(config.optim, global_batch)
     optimizer = build_optimizer(model, config.optim, lr, fused=settings.fused_optimizer)
     built: list[Trainer] = []  # the lr follows the trainer's schedule, which a time budget replaces once measured

@@ -97,6 +97,11 @@ def run_search(base: PipelineConfig, options: SearchOptions) -> SearchOutcome:
     if options.workers_per_trial is not None:
         overrides["num_workers"] = options.workers_per_trial
     base = replace(base, ray=overrides)
+    if base.ray.elastic:  # a trial's size must be fixed: ASHA compares trials step for step, on equal resources
+        raise ConfigError(
+            f"ray.num_workers={list(base.ray.num_workers)}: a search trial cannot train elastically; give a fixed "
+            "worker count (--workers-per-trial N or ray.num_workers: N)"
+        )
     space = load_space(list(options.spaces), base)  # every trial's config is valid before anything starts
     if options.algorithm == "optuna" and space.has_grid():
         raise ConfigError("--algorithm optuna samples every dimension: use choice instead of grid in the spaces")

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DistributedSampler
 
 from pipeline.data import (
     DetectionDataset,
     DetectionTransform,
+    GlobalBatchSampler,
     LabelMap,
     ShardedEvalSampler,
     build_dataloaders,
@@ -80,7 +80,7 @@ def test_loaders_for_two_ranks(make_dataset):
     loaders = [build_dataloaders(ds, 64, batch_size=2, rank=r, world_size=2, seed=3) for r in range(2)]
     train_ids, val_ids = [], []
     for train, val in loaders:
-        assert isinstance(train.sampler.sampler, DistributedSampler)  # inside the `SeededSampler`
+        assert isinstance(train.sampler.sampler, GlobalBatchSampler)  # inside the `SeededSampler`
         train.sampler.set_epoch(0)
         batches = list(train)
         assert all(images.shape == (2, 3, 64, 64) for images, _ in batches)  # fixed batch size

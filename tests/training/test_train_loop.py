@@ -219,8 +219,9 @@ def test_records_without_iscrowd_or_area_train_and_evaluate(tiny_config, tmp_pat
 
 
 def test_with_gradient_accumulation_the_schedule_is_as_long_as_the_steps_the_loop_takes(tiny_config, tmp_path):
-    """16 images, batch 4, one process: 4 batches per epoch; accumulating 3 makes 2 optimizer steps per epoch (the
-    second takes the one batch left), so 2 epochs are 4 steps, and the cosine schedule must end exactly there."""
+    """16 images, batch 4, one process: accumulating 3 makes 2 optimizer steps per epoch (the second's global batch
+    filled with the epoch's first images: 6 batches), so 2 epochs are 4 steps, and the cosine schedule must end
+    exactly there."""
     config = replace(
         tiny_config,
         train={"grad_accum_steps": 3, "epochs": 2, "eval_every": "2 epochs"},
@@ -231,7 +232,7 @@ def test_with_gradient_accumulation_the_schedule_is_as_long_as_the_steps_the_loo
     final = fit(
         config, tmp_path / "ckpt", on_period_end=lambda trainer, _: lrs.append(trainer.scheduler.get_last_lr()[0])
     )
-    assert final.position == {"step": 4, "epoch": 1, "batch": 4}  # all 4 batches of the 2nd epoch (0-based 1)
+    assert final.position == {"step": 4, "epoch": 1, "batch": 6}  # all 6 batches of the 2nd epoch (0-based 1)
     assert final.scheduler["last_epoch"] == 4  # one scheduler step per optimizer step
     assert lrs == [pytest.approx(0.0, abs=1e-12)]  # the cosine reached its floor on the run's last step, not before
 
