@@ -18,10 +18,12 @@ setup: .venv/.installed
 run: setup
 	$(PY) run_pipeline.py
 
-# the layer contracts first (pyproject's [tool.importlinter]; under a second): a broken layer fails before the suite
+# the layer contracts first (pyproject's [tool.importlinter]; under a second): a broken layer fails before the suite.
+# Two pytest processes, each test file on one of them (its module fixtures, a Ray cluster, stay shared): the Ray and
+# server tests spend much of their time waiting on events, which leaves the cores to the other process.
 test: setup
 	.venv/bin/lint-imports --no-logo --no-cache
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check . && .venv/bin/lint-imports --no-logo --no-cache

@@ -80,7 +80,15 @@ def local_ray():
     """A local 2-CPU Ray for one test module, shut down afterwards."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    # a Ray of its own (address local): never another test process's `ray start --head` (pytest -n 2)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=free_port(),
+        log_to_driver=False,
+    )
     yield
     ray.shutdown()
 

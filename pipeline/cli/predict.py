@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from pipeline.cli.common import add_backend, add_tracking_uri, backend, guarded, tracking_uri
@@ -113,7 +114,8 @@ def run_batch(args: argparse.Namespace) -> int:
     started = not ray.is_initialized()
     if started:
         with keep_sigterm_handler():
-            ray.init(log_to_driver=True, include_dashboard=False)
+            # RAY_ADDRESS (a cluster, a submitted job), else a new local Ray: the rule `train` follows
+            ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True, include_dashboard=False)
     try:
         summary = run_batch_prediction(job, log=lambda line: print(line, flush=True))
     finally:

@@ -43,6 +43,7 @@ def init_ray(config: PipelineConfig, tracking_uri: str, local_resources: dict[st
                 ray.init(address=address)
             else:  # local: the dashboard keeps placement groups tidy, ASHA-stopped trials too (RAY_MLFLOW_NOTES)
                 ray.init(
+                    address="local",  # a new Ray: never one that a `ray start` on this machine left running
                     num_cpus=os.cpu_count(),
                     resources=local_resources,
                     include_dashboard=True,

@@ -78,6 +78,12 @@ def resolve_job(config: PipelineConfig) -> ResolvedJob:
             f"force-matched anchor): `run_pipeline.py data analyze {config.data.dir}` shows them against the "
             "anchors, with advice (input size, anchor scale, a stride-4 level)"
         )
+    if config.ray.elastic and 0 <= config.ray.max_failures < 2:
+        notes.append(
+            f"warning: elastic with ray.max_failures={config.ray.max_failures}: Ray Train counts a lost node as a "
+            "failure, and a restart that first waits for the lost size (its view is up to 20 s old) as another; "
+            "set ray.max_failures to 2 per loss the run should survive, or -1 (docs/SCALING.md, Elastic training)"
+        )
     per_epoch = steps_per_epoch(
         report.num_images["train"], config.data.batch_size, config.ray.max_workers, config.train.grad_accum_steps
     )

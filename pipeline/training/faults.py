@@ -4,6 +4,7 @@ optimizer steps, once each (a marker file remembers it), as a crashed worker wou
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
@@ -48,10 +49,11 @@ def record_start(config: PipelineConfig, step: int) -> None:
 
 def record_batch(config: PipelineConfig, step: int, image_ids: list[int], loss: float, lr: float) -> None:
     """Test hook: with `train.fault_marker` set, every rank appends one JSON line per micro-batch to FILE.batches:
-    the optimizer step (1-based) it belongs to, the attempt's start step, rank, world size, image ids, loss, lr."""
+    the optimizer step (1-based) it belongs to, the attempt's start step, rank, world size, image ids, loss, lr and
+    the time it was trained."""
     if config.train.fault_marker is None:
         return
     rank, world = rank_and_world()
     row = {"step": step, "attempt": _attempt_start, "rank": rank, "world": world, "ids": image_ids}
     with open(f"{config.train.fault_marker}.batches", "a", encoding="utf-8") as f:
-        f.write(json.dumps({**row, "loss": loss, "lr": lr}) + "\n")
+        f.write(json.dumps({**row, "loss": loss, "lr": lr, "time": time.time()}) + "\n")

@@ -39,7 +39,7 @@ def test_two_workers_predict_every_image_once_and_a_rerun_redoes_only_a_deleted_
     out = tmp_path / "out"
     command = ["predict", "--model", f"{registry.name}@champion", str(image_folder), "--out", str(out)]
     command += ["--num-workers", "2", "--shard-size", "16", "--score-threshold", "0.2", "--draw"]
-    ray.init(num_cpus=2, include_dashboard=False)  # the CLI uses a running Ray; shut down here
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # the CLI uses a running Ray; shut down here
     try:
         assert main([*command, "--tracking-uri", registry.uri]) == 0
         first = capsys.readouterr().out

@@ -147,6 +147,21 @@ def test_the_run_header_names_the_ray_it_will_use(tiny_config, monkeypatch):
     assert " on ray://head:10001; " in "\n".join(header_lines(named))
 
 
+def test_an_elastic_header_keeps_the_largest_global_batch_and_warns_of_a_small_failure_budget(tiny_config):
+    from pipeline.config import replace
+    from pipeline.plan.header import header_lines
+    from pipeline.plan.job import resolve_job
+
+    job = resolve_job(replace(tiny_config, ray={"num_workers": [1, 2], "max_failures": 1}))
+    header = "\n".join(header_lines(job))
+    assert "global batch of 8 (2 workers x 4)" in header and "ray: 1-2 (elastic) workers" in header
+    assert "by world size 1: 2, 2: 1" in header  # 1 worker accumulates 2 micro-batches of 4
+    assert "warning: elastic with ray.max_failures=1" in header
+    assert job.schedule.steps_per_epoch == 2  # 16 images / global batch 8, at either size
+    roomy = resolve_job(replace(tiny_config, ray={"num_workers": [1, 2], "max_failures": -1}))
+    assert not any("max_failures" in note for note in roomy.notes)
+
+
 def test_the_run_header_says_each_fitted_value_and_why_beside_the_anchors(tiny_config):
     from pipeline.config import replace
     from pipeline.plan.header import header_lines
