@@ -17,6 +17,7 @@ _MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_
 
 
 def pytest_collection_modifyitems(config, items):
+    _slow_files_first(items)
     gpu_tests = [item for item in items if "gpu" in item.keywords]
     if not gpu_tests:
         return
@@ -26,6 +27,13 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs CUDA (torch sees no GPU): benchmarks/gpu_check.sh runs it on one")
         for item in gpu_tests:
             item.add_marker(skip)
+
+
+def _slow_files_first(items) -> None:
+    """The files holding `slow` tests (Ray runs, servers, searches) first, each file's order kept: `make test`'s two
+    processes take whole files in this order, so the long ones start early instead of one ending the run alone."""
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in slow_files)  # a stable sort: the collection order within each kind
 
 
 @pytest.fixture(autouse=True)
