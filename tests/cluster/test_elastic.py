@@ -120,8 +120,10 @@ def test_a_run_shrinks_on_a_lost_node_and_grows_back_with_the_same_recipe(
     assert all(len(rows) == 2 for rows in steps.values())
     changes = [(s, world) for s, world in zip(steps, worlds, strict=True) if s == 1 or world != worlds[s - 2]]
     assert [world for _, world in changes] == [2, 1, 2], changes
+    # the single worker resumes from the latest checkpoint Ray Train holds, which may be a step or two behind the
+    # step the node was lost in (step 4's loss can find step 3's checkpoint still being reported): it redoes those
     shrunk_at, grown_at = changes[1][0], changes[2][0]
-    assert 4 <= shrunk_at <= events["removed"] + 1 and grown_at > events["added"]
+    assert 2 <= shrunk_at <= events["removed"] + 1 and grown_at > events["added"], (shrunk_at, events)
     assert all({r["rank"] for r in steps[s]} == ({0} if worlds[s - 1] == 1 else {0, 1}) for s in steps)
     # every training image exactly once per epoch, across both resizes
     train_ids = sorted(_train_image_ids(config.data.dir))
