@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "registry": "pipeline.cli.registry",
     "evaluate": "pipeline.cli.evaluate",
     "predict": "pipeline.cli.predict",
+    "serve": "pipeline.cli.serve",
     "submit": "pipeline.cli.submit",
 }
 DEFAULT_COMMAND = ["train"]  # the main job: `python run_pipeline.py` trains on the demo dataset

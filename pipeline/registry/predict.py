@@ -11,7 +11,7 @@ import copy
 import dataclasses
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from pipeline.registry.package import ModelPackage
 # An image: a file path, encoded file bytes (PNG, JPEG, ...), or a uint8 array [h, w, 3] RGB ([h, w] grey)
 ImageInput = str | os.PathLike | bytes | bytearray | np.ndarray
 Detection = dict[str, Any]  # {"image_id", "box" [x1,y1,x2,y2] original px, "score", "label", "category_id"}
+Pass = tuple[torch.Tensor, dict[str, Any]]  # one model pass: normalised [3, H, W] and its target-like meta
 
 
 def decode_image(image: ImageInput, index: int = 0, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -150,7 +151,7 @@ class Detector:
         tensor, _, _, scale = self.transform(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
         return tensor, {"image_id": int(image_id), "scale": float(scale), "orig_size": image.shape[:2]}
 
-    def _items(self, images: Sequence[np.ndarray], image_ids: Sequence[int]):
+    def passes(self, images: Sequence[np.ndarray], image_ids: Sequence[int]) -> Iterator[Pass]:
         """(tensor [3, H, W], target) of every model pass, made lazily: whole images, or each image's windows and
         its whole-image pass (one window at a time in memory besides the decoded image)."""
         fill = tuple(round(255 * m) for m in self.transform.mean)
@@ -168,21 +169,34 @@ class Detector:
                 yield tensor, {**meta, "window": (0, 0, width, height), "whole": True}
 
     @torch.no_grad()
-    def predict_passes(self, images: Sequence[np.ndarray], image_ids: Sequence[int]) -> list[dict[str, Any]]:
-        """Evaluation-format predictions of every model pass, in the images' pixels: one per image, or sliced
-        (`tiling`) one per window and whole-image pass, each with its `window` and `whole`, not yet merged."""
+    def run_passes(self, passes: Sequence[Pass]) -> list[dict[str, Any]]:
+        """The network and post-processing on prepared passes (any images', e.g. several requests' at once),
+        `batch_size` at a time: one evaluation-format prediction per pass, in its image's pixels."""
         out: list[dict[str, Any]] = []
-        items = self._items(images, image_ids)
-        while batch := list(itertools.islice(items, self.batch_size)):
+        for start in range(0, len(passes), self.batch_size):
+            batch = passes[start : start + self.batch_size]
             tensors = torch.stack([t for t, _ in batch]).to(self.device)  # [B, 3, H, W]
             out.extend(to_original_coordinates(self.predictor(tensors), [meta for _, meta in batch]))
         return out
 
+    def predict_passes(self, images: Sequence[np.ndarray], image_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Evaluation-format predictions of every model pass, in the images' pixels: one per image, or sliced
+        (`tiling`) one per window and whole-image pass, each with its `window` and `whole`, not yet merged."""
+        out: list[dict[str, Any]] = []
+        passes = self.passes(images, image_ids)
+        while batch := list(itertools.islice(passes, self.batch_size)):
+            out.extend(self.run_passes(batch))
+        return out
+
+    def merge(self, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Pass predictions -> one per image: sliced, every window's detections merged
+        (`pipeline.evaluation.merge_tiles`); whole images as they are."""
+        return merge_tiles(predictions, self.tiling.overlap_px) if self.tiling is not None else predictions
+
     def predict_arrays(self, images: Sequence[np.ndarray], image_ids: Sequence[int]) -> list[dict[str, Any]]:
         """Evaluation-format predictions (`pipeline.evaluation.evaluate_coco` input), one per image; sliced
         (`tiling`): every window's detections in the image's pixels, merged (`pipeline.evaluation.merge_tiles`)."""
-        out = self.predict_passes(images, image_ids)
-        return merge_tiles(out, self.tiling.overlap_px) if self.tiling is not None else out
+        return self.merge(self.predict_passes(images, image_ids))
 
     def predict(self, images: Sequence[ImageInput], image_ids: Sequence[int] | None = None) -> list[Detection]:
         """Detections of every image as flat records, sorted by image then decreasing score."""
