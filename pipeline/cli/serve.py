@@ -82,8 +82,9 @@ def serve_until(options, serving: str, stop: threading.Event) -> int:
     from pipeline.serving.app import build_app
 
     started = not ray.is_initialized()
+    cluster = os.environ.get("RAY_ADDRESS")
     if started:  # RAY_ADDRESS (a cluster, a submitted job), else a new local Ray: the rule `train` follows
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
+        ray.init(address=cluster or "local", log_to_driver=True)
     try:
         http = {"host": options.host, "port": options.port, "request_timeout_s": options.request_timeout_s}
         serve.start(http_options=http)
@@ -91,6 +92,7 @@ def serve_until(options, serving: str, stop: threading.Event) -> int:
             serve.run(build_app(options), name=options.name, route_prefix="/")
         except RuntimeError as e:  # a replica that could not start (the version does not load): Serve's reason
             print(f"error: the Serve application {options.name!r} did not start: {e}", flush=True)
+            serve.delete(options.name)  # not left failed on a cluster
             return 1
         replicas = (
             f"{options.min_replicas}-{options.max_replicas} replicas (autoscaled)"
@@ -108,7 +110,8 @@ def serve_until(options, serving: str, stop: threading.Event) -> int:
         serve.delete(options.name)
     finally:
         if started:
-            serve.shutdown()
+            if not cluster:  # our own Ray: Serve goes with it; on a cluster other applications keep serving
+                serve.shutdown()
             ray.shutdown()
     return 0
 
