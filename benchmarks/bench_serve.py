@@ -187,7 +187,7 @@ def _load_ours(args, uri: str, body: bytes, url: str, proc: subprocess.Popen) ->
         for (at, target), s in zip(moves, served, strict=True)
     )
     with urllib.request.urlopen(f"{url}/model") as response:
-        calls = json.loads(response.read())["model_calls"]
+        calls = json.loads(response.read())["batches"]
     total = warm["requests"] + warm["errors"] + steady["requests"] + moving["requests"] + moving["errors"]
     return [
         line("ours (Ray Serve, batched)", steady),

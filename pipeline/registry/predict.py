@@ -168,6 +168,13 @@ class Detector:
                 tensor, meta = self.preprocess(image, image_id)
                 yield tensor, {**meta, "window": (0, 0, width, height), "whole": True}
 
+    def pass_count(self, height: int, width: int) -> int:
+        """Model passes an image of this size takes: 1 whole, or its windows plus the whole-image pass."""
+        if self.tiling is None:
+            return 1
+        windows = len(tile_windows(height, width, self.tiling))
+        return windows + 1 if windows > 1 else 1
+
     @torch.no_grad()
     def run_passes(self, passes: Sequence[Pass]) -> list[dict[str, Any]]:
         """The network and post-processing on prepared passes (any images', e.g. several requests' at once),

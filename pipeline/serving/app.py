@@ -7,7 +7,8 @@
 
 Concurrent requests on a replica share model calls (`@serve.batch`): each request is decoded and cut into model
 passes in a worker thread (never on the event loop), the batch runs in another thread, so the loop keeps taking
-requests while the network runs. The response schema is `pipeline.serving.responses`.
+requests while the network runs. A large image sliced into more windows than a model call holds streams through
+its own calls instead (a batch of windows at a time in memory). The response schema is `pipeline.serving.responses`.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) as objects
@@ -45,7 +46,7 @@ class DetectorServer:
         self.follower = ModelFollower(o.tracking_uri, o.model, load, log=logger.warning)
         self.infer.set_max_batch_size(o.max_batch_size)
         self.infer.set_batch_wait_timeout_s(o.batch_wait_ms / 1000)
-        self.calls = 0  # model calls made (a batch of requests is one), for GET /model
+        self.calls = 0  # batches run (requests sharing a model call; a streamed large image is one), GET /model
         self._wake, self._stop = threading.Event(), threading.Event()
         threading.Thread(target=self._follow, name="alias-follower", daemon=True).start()
 
@@ -73,9 +74,8 @@ class DetectorServer:
             check_body_size(request.headers.get("content-length"), o.max_body_bytes)
             data = await self._image_bytes(request)
             array = await asyncio.to_thread(decode, data, o.max_image_pixels)
-            passes = await asyncio.to_thread(lambda: list(served.detector.passes([array], [1])))
             decoded_ms = 1000 * (time.perf_counter() - start)
-            prediction, batch = await self.infer(served, passes)
+            prediction, batch = await self._predict(served, array)
         except RequestRefused as e:
             return JSONResponse({"error": e.message}, status_code=e.status)
         except Exception as e:  # a bug or a broken model: answered, logged, the replica keeps serving
@@ -84,6 +84,16 @@ class DetectorServer:
         body = prediction_response(served, self.follower.alias, array.shape, prediction, params, batch)
         body["time_ms"] = {"total": 1000 * (time.perf_counter() - start), "decode": decoded_ms}
         return JSONResponse(body)
+
+    async def _predict(self, served: Served, array) -> tuple[dict, int]:
+        """(merged prediction, requests in its model call). An image of many windows fills whole model calls by
+        itself: it streams through them a batch of windows at a time (memory bounded on huge images), unbatched."""
+        detector = served.detector
+        if detector.pass_count(*array.shape[:2]) > detector.batch_size:
+            self.calls += 1
+            return (await asyncio.to_thread(detector.predict_arrays, [array], [1]))[0], 1
+        passes = await asyncio.to_thread(lambda: list(detector.passes([array], [1])))
+        return await self.infer(served, passes)
 
     async def _image_bytes(self, request: Request) -> bytes:
         limit = self.options.max_body_bytes
@@ -123,7 +133,7 @@ class DetectorServer:
             "follow_interval_s": self.options.follow_interval_s if f.alias else None,
             "last_check": f.last_check,
             "not_served": f.failed,
-            "model_calls": self.calls,
+            "batches": self.calls,
         }
 
     @api.post("/model/refresh")

@@ -139,7 +139,7 @@ def test_concurrent_requests_share_model_calls(server):
         thread.join(timeout=120)
     _, after = _request(f"{server.url}/model")
     assert len(answers) == 8 and all("detections" in a for a in answers), answers
-    calls = after["model_calls"] - before["model_calls"]
+    calls = after["batches"] - before["batches"]
     assert calls < 8 and max(a["batch"]["requests"] for a in answers) > 1, (calls, [a["batch"] for a in answers])
 
 
