@@ -60,16 +60,16 @@ def after_step(trainer: Trainer, interrupts: Interrupts | None = None) -> AfterS
 
 
 def progress_snapshot(
-    trainer: Trainer, sums: torch.Tensor, first_step: int, start: float, waited: float
+    trainer: Trainer, sums: torch.Tensor, first_step: int, start: float, waited: float, share: float
 ) -> dict[str, float]:
     """Rank 0's view of the period so far, which began at `first_step` and `start` (no collective: ranks reach
-    this at different times)."""
-    _, world = rank_and_world()
+    this at different times). `share`: the part of each step's images rank 0 trains (1 / world, or more where
+    the world does not divide the step's micro-batches)."""
     seconds, images = max(time.perf_counter() - start, 1e-9), max(1.0, float(sums[3]))
     return {
         "step": trainer.position.step,
         "train_loss": float(sums[0]) / images,
-        "images_per_s": images * world / seconds,  # every rank trains as many images
+        "images_per_s": images / share / seconds,  # all ranks' images
         "data_wait_share": waited / seconds,
         "lr": trainer.optimizer.param_groups[0]["lr"],
         "seconds_per_step": seconds / max(1, trainer.position.step - first_step),

@@ -131,7 +131,7 @@ def train_steps(
         trainer.position = Position(**stream.position.as_dict())
         if report_progress and time.perf_counter() - trainer.last_progress >= interval:
             trainer.last_progress = time.perf_counter()
-            on_progress(trainer, progress_snapshot(trainer, sums, first_step, start, waited))
+            on_progress(trainer, progress_snapshot(trainer, sums, first_step, start, waited, rank_share(stream)))
         if trainer.budget is not None and (line := trainer.budget.after_step(trainer, time.perf_counter() - before)):
             print(line, flush=True)
         maybe_inject_fault(trainer.config, step=trainer.position.step)
@@ -275,6 +275,14 @@ def run_schedule(
         # the period's end printed its line and checkpointed: both intervals start again from here
         trainer.last_progress = trainer.last_checkpoint = time.perf_counter()
     return metrics
+
+
+def rank_share(stream: BatchStream) -> float:
+    """The part of each step's images this rank trains: its micro-batches of the step's (an elastic run below
+    its largest size gives the first ranks one more), or 1 / world with a test's plain loader."""
+    if stream.layout is not None:
+        return stream.layout.batches_per_step / stream.layout.chunks
+    return 1.0 / rank_and_world()[1]
 
 
 def global_batch(stream: BatchStream) -> int:

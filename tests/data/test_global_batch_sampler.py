@@ -58,3 +58,17 @@ def test_padding_fills_the_last_step_with_the_epochs_first_images():
     order = GlobalBatchSampler(10, 2, 2, seed=7)
     order.set_epoch(1)
     assert order.epoch_order()[10:] == order.epoch_order()[:2]
+
+
+def test_the_progress_line_counts_all_ranks_images_from_rank_0s_share():
+    """An elastic 1-4 run on 3 workers: rank 0 trains 2 of a step's 4 micro-batches, so its images count twice
+    (not 3 times, as 'every rank trains as many' would say)."""
+    from types import SimpleNamespace
+
+    from pipeline.training.loop import rank_share
+
+    layout = StepLayout(batch_size=4, chunks=4, world_size=3, rank=0, steps_per_epoch=10)
+    assert rank_share(SimpleNamespace(layout=layout)) == 0.5
+    even = StepLayout(batch_size=4, chunks=4, world_size=2, rank=0, steps_per_epoch=10)
+    assert rank_share(SimpleNamespace(layout=even)) == 0.5
+    assert rank_share(SimpleNamespace(layout=StepLayout(4, 4, 4, 0, 10))) == 0.25
