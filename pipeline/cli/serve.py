@@ -25,6 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--follow-interval-s", type=float, default=30.0, help="how often replicas read the alias")
     parser.add_argument("--slice", default="auto", metavar="auto|off|PX", help="as `predict --slice`")
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="larger request bodies get 413")
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=None, metavar="N", help="larger images get 413 (default 400,000,000)"
+    )
     parser.add_argument("--request-timeout-s", type=float, default=60.0, help="answered 408 past this")
     parser.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy binds (default loopback)")
     parser.add_argument("--port", type=int, default=8000)
@@ -54,7 +57,7 @@ def options_from(args: argparse.Namespace):
         backend=args.backend,
         slice=args.slice,
         max_body_mb=args.max_body_mb,
-        max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+        max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS if args.max_image_pixels is None else args.max_image_pixels,
         request_timeout_s=args.request_timeout_s,
         host=args.host,
         port=args.port,

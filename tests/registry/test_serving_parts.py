@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from ray.serve.schema import ServeDeploySchema
 
 from pipeline.registry.registry import client
 from pipeline.serving.follow import ModelFollower
@@ -38,6 +39,7 @@ def test_a_config_file_carries_the_options_and_builds_the_same_application(tmp_p
     done = cli("serve", "models:/shapes@champion", "--replicas", "1-4", "--tracking-uri", URI, "--write-config", out)
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(out.read_text())
+    ServeDeploySchema.model_validate(config)  # what `serve deploy` checks first
     app = config["applications"][0]
     assert (app["name"], app["import_path"], app["route_prefix"]) == ("effdet-shapes", IMPORT_PATH, "/")
     options = ServeOptions.from_dict(app["args"])  # what `serve deploy` hands the builder
