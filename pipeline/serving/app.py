@@ -104,7 +104,13 @@ class DetectorServer:
                 raise RequestRefused(400, f"multipart request without an 'image' field; fields: {sorted(form)}")
             data = await upload.read() if hasattr(upload, "read") else str(upload).encode()
             return image_bytes(data, limit)
-        return image_bytes(await request.body(), limit)
+        chunks, size = [], 0
+        async for chunk in request.stream():  # a chunked upload has no Content-Length: count while reading
+            size += len(chunk)
+            if size > limit:
+                raise RequestRefused(413, f"request body past the limit of {limit:,} bytes")
+            chunks.append(chunk)
+        return image_bytes(b"".join(chunks), limit)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def infer(self, served: list[Served], passes: list[list[Pass]]) -> list[tuple[dict, int]]:
