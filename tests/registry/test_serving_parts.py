@@ -123,3 +123,9 @@ def test_a_deleted_alias_keeps_the_version_serving(store):
     store.client.delete_registered_model_alias("m", "live")
     result = follower.check()
     assert (result["action"], result["version"]) == ("failed", "1") and "has no alias 'live'" in result["error"]
+
+
+def test_serve_refuses_an_unknown_model_before_ray_starts(store, cli):
+    done = cli("serve", "models:/nothing@champion", "--tracking-uri", store.uri, timeout=120)
+    assert done.returncode == 1 and "no registered model 'nothing'" in done.stderr and "['m']" in done.stderr
+    assert "Ray" not in done.stdout + done.stderr  # refused from the registry alone
