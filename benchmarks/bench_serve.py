@@ -8,6 +8,7 @@ on the same threads. Run alone (2 heavy processes on 2 cores slow both):
 
     python benchmarks/bench_serve.py                       # 8 clients x 20 s, 320 px model, 640 x 480 images
     python benchmarks/bench_serve.py --clients 16 --seconds 30 --size 512
+    python benchmarks/bench_serve.py --use-gpu --replicas 2 --gpus-per-replica 0.5 --skip-mlflow  # 2 on one GPU
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="inference threads of each server")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--batch-wait-ms", type=float, default=10.0)
+    parser.add_argument("--replicas", default="1", help="ours: N or MIN-MAX")
+    parser.add_argument("--use-gpu", action="store_true", help="ours on the GPU (--gpus-per-replica each)")
+    parser.add_argument("--gpus-per-replica", type=float, default=1.0)
+    parser.add_argument("--skip-mlflow", action="store_true", help="ours only")
     return parser.parse_args()
 
 
@@ -156,6 +161,9 @@ def ours(args, uri: str, body: bytes, work: Path) -> list[str]:
     command = [sys.executable, "run_pipeline.py", "serve", f"models:/{NAME}@live", "--tracking-uri", uri]
     command += ["--port", str(port), "--cpus-per-replica", str(args.threads), "--follow-interval-s", "1"]
     command += ["--max-batch-size", str(args.max_batch_size), "--batch-wait-ms", str(args.batch_wait_ms)]
+    command += ["--replicas", args.replicas]
+    if args.use_gpu:
+        command += ["--use-gpu", "--gpus-per-replica", str(args.gpus_per_replica)]
     with open(work / "ours.log", "w") as log:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -225,12 +233,13 @@ def main() -> None:
         uri = f"sqlite:///{work / 'mlflow.db'}"
         register(uri, args.size)
         body = jpeg()
+        engine = "GPU" if args.use_gpu else f"ONNX Runtime, {args.threads} threads"
         print(
-            f"lite0 {args.size} px (ONNX Runtime, {args.threads} threads), 640 x 480 JPEG of {len(body):,} bytes, "
+            f"lite0 {args.size} px ({engine}), {args.replicas} replica(s), 640 x 480 JPEG of {len(body):,} bytes, "
             f"{args.clients} clients x {args.seconds:g} s on loopback",
             flush=True,
         )
-        lines = ours(args, uri, body, work) + mlflow_serve(args, uri, body, work)
+        lines = ours(args, uri, body, work) + ([] if args.skip_mlflow else mlflow_serve(args, uri, body, work))
         print("\n".join(lines))
 
 

@@ -9,6 +9,7 @@
 #      share, peak GPU memory, final val AP; with 2+ GPUs also the smoke config on 2 DDP workers (NCCL + SyncBN)
 #   4. a tune search with half a GPU per trial on one GPU: the two trials run side by side
 #   5. the smoke model registered (ONNX graph and parity tags) and batch prediction over its images on the GPU
+#   6. online serving (Ray Serve) with two replicas on half a GPU each: latency, requests/s, two alias moves
 # Without CUDA it prints "no CUDA device: nothing to check" and exits 0.
 #
 #   benchmarks/gpu_check.sh            (outputs under a fresh temp dir; GPU_CHECK_OUT=DIR to keep them there)
@@ -126,6 +127,15 @@ if [ -n "$best" ] && step register_smoke 300 "$PY" run_pipeline.py registry regi
         figure "batch_predict_gpu: $(grep -o 'detections in .*' "$OUT/batch_predict_gpu.log" | tail -n 1)"
 else
     fail "register_smoke: no best checkpoint in train_smoke's log, or registration failed"
+fi
+
+# 6. online serving on the GPU: two Ray Serve replicas sharing it (half a GPU each), under load and two alias moves
+if step serve_half_gpu 600 "$PY" benchmarks/bench_serve.py --use-gpu --replicas 2 --gpus-per-replica 0.5 \
+    --size 512 --clients 16 --seconds 20 --skip-mlflow; then
+    grep "^ours" "$OUT/serve_half_gpu.log" | while read -r line; do figure "serve_half_gpu: $line"; done
+    if grep "^ours" "$OUT/serve_half_gpu.log" | grep -Eq "errors [1-9]"; then
+        fail "serve_half_gpu: requests failed under load"
+    fi
 fi
 
 echo "outputs and logs: $OUT"
