@@ -35,6 +35,7 @@ REQUIRED_MODULES: dict[str, str] = {
     "onnx": "onnx",
     "onnxruntime": "onnxruntime",
     "onnxscript": "onnxscript",
+    "python-multipart": "python_multipart",  # multipart uploads to `serve`
 }
 
 
