@@ -20,7 +20,9 @@ run: setup
 
 # the layer contracts first (pyproject's [tool.importlinter]; under a second): a broken layer fails before the suite.
 # Two pytest processes, each test file on one of them (its module fixtures, a Ray cluster, stay shared): the Ray and
-# server tests spend much of their time waiting on events, which leaves the cores to the other process.
+# server tests spend much of their time waiting on events, which leaves the cores to the other process. Each process
+# runs torch on its share of the cores, with OpenMP threads that sleep when idle, and its Ray under a temp root of
+# its own (tests/conftest.py says why).
 test: setup
 	.venv/bin/lint-imports --no-logo --no-cache
 	$(PY) -m pytest -n 2 --dist loadfile
