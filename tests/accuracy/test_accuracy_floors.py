@@ -52,7 +52,7 @@ def run_overrides(data: Path, size: int, steps: int, batch: int, seed: int = 0) 
 def _best_metrics(data: Path, name: str, out: Path) -> dict[str, float]:
     _, _, size, steps, batch = RUNS[name]
     config = load_config(None, run_overrides(data, size, steps, batch))
-    torch.manual_seed(0)  # on this process's share of the cores (tests/conftest.py): 2 threads alone, 1 beside another
+    torch.manual_seed(0)  # on this process's share of the cores (tests/conftest.py): all alone, half beside another
     return fit(config, out).best.metrics
 
 

@@ -209,7 +209,7 @@ def simulated_cluster(head_cpus: int):
     finally:
         ray.shutdown()
         # the nodes killed at once (a graceful stop waits seconds per node for nothing a test needs); then
-        # `shutdown()`, with no node left to stop, deletes /tmp/ray/ray_current_cluster, which a bare ray.init()
+        # `shutdown()`, with no node left to stop, deletes <Ray temp root>/ray_current_cluster, which a bare ray.init()
         # anywhere on this machine would otherwise take for a running cluster to connect to
         for node in [*cluster.worker_nodes, cluster.head_node]:
             cluster.remove_node(node, allow_graceful=False)
