@@ -18,7 +18,7 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # instead of spinning; both set before torch is first imported. Measured on the 2-core machine, the spot-preemption
 # test beside the accuracy floors (`pytest -n 2` of the two files): 206 s with spinning threads, 80 s without.
 _PROCESSES = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _PROCESSES)))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _PROCESSES)))  # the CPUs we may use
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Each pytest process's Ray clusters under a temp root of their own. Ray Train's placement-group cleaner (a detached
